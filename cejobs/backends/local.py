@@ -1,0 +1,34 @@
+"""In-process backend: one worker, shards in order. For debugging and tests."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from cejobs.backends.base import OnResult, RunReport
+from cejobs.tasks import ShardTask, run_shard_safely
+from cejobs.workers import make_worker
+
+
+class LocalBackend:
+    def __init__(self, threads: int = 0):  # torch threads; 0 keeps torch's default
+        self.threads = threads
+
+    @classmethod
+    def from_config(cls, config) -> "LocalBackend":
+        return cls(threads=config.threads)
+
+    def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        worker = make_worker(task)
+        report = RunReport()
+        for shard in shards:
+            result = run_shard_safely(worker, shard)
+            on_result(result)
+            if result.ok:
+                report.done.append(shard)
+            else:
+                report.failed[shard] = result.error
+        return report

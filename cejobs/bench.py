@@ -1,0 +1,248 @@
+"""`python -m cejobs.bench`: speed and memory, measured (results go to docs/performance.md).
+
+Subcommands:
+  sampler   CEs/s of the augmented-score sampler for a U-Net preset, with FLOPs and MFU against
+            a bf16/fp32 matmul peak measured on the same device in the same run (nanoGPT's
+            estimate_mfu habit). Needs only torch: it runs on a bare GPU image.
+  scaling   CE throughput of the Ray backend with 1 and 2 CPU workers on a real local Ray.
+  store     Fraction of shard time spent writing zarr, read from a finished store.
+  memory    Peak RSS of the generate driver as the number of sources grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cejobs.models.unet import UNET_PRESETS, UNet
+from cejobs.noise import CENoise
+from cejobs.sampler import guided_eps, sample_ce
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device, repeat: int) -> float:
+    """Median seconds of `fn()` over `repeat` runs, after one warm-up."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """Measured FLOP/s of an n x n x n matmul: the peak MFU is reported against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = _time(lambda: a @ b, device, repeat=5)
+    return 2 * n**3 / seconds
+
+
+def forward_flops(net, x, t, y) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x, t, y)
+    return counter.get_total_flops()
+
+
+def maybe_compile(net, enabled: bool):
+    """torch.compile with a safe fallback: on failure, eager, said once."""
+    if not enabled:
+        return net, "eager"
+    try:
+        compiled = torch.compile(net)
+        with torch.no_grad():  # compile errors surface on the first call
+            x = torch.zeros(2, *net.image_shape, device=next(net.parameters()).device)
+            compiled(x, torch.full((2,), 0.5, device=x.device), torch.zeros(2, dtype=torch.long,
+                                                                           device=x.device))
+        return compiled, "compiled"
+    except Exception as e:  # noqa: BLE001 - any backend failure falls back
+        print(f"torch.compile failed ({type(e).__name__}: {str(e)[:120]}); using eager",
+              file=sys.stderr)
+        return net, "eager (compile failed)"
+
+
+def bench_sampler(args) -> dict:
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    net = UNet(**UNET_PRESETS[args.preset]).to(device).eval()
+    net, mode = maybe_compile(net, args.compile)
+    dtype = DTYPES[args.precision]
+    shape = (args.batch, *preset_image_shape(args.preset))
+    b = args.batch
+    mu = torch.rand(shape, device=device) * 2 - 1
+    target = torch.arange(b, device=device) % 10
+    noise = CENoise(0, torch.arange(b), target.cpu(), torch.zeros(b, dtype=torch.long))
+    latents = noise.latents(mu)
+    t = torch.full((b,), 0.5, device=device)
+
+    def run_sampler():
+        with torch.no_grad():
+            sample_ce(net, latents, mu, target, steps=args.steps, randn_like=noise,
+                      net_dtype=dtype, method=args.method)
+
+    def run_forward():
+        with torch.no_grad():
+            guided_eps(net, latents, t, target, 15.0, 10, dtype)
+
+    def run_noise():
+        fresh = CENoise(0, torch.arange(b), target.cpu(), torch.zeros(b, dtype=torch.long))
+        for i in range(args.steps):
+            fresh(i, latents)
+
+    sampler_s = _time(run_sampler, device, args.repeat) / args.steps
+    forward_s = _time(run_forward, device, args.repeat)
+    noise_s = _time(run_noise, device, args.repeat) / args.steps
+    flops = forward_flops(UNet(**UNET_PRESETS[args.preset]).to(device).eval(),
+                          torch.cat([latents, latents]), torch.cat([t, t]),
+                          torch.cat([target, target]))
+    peak = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 1024)
+    result = dict(
+        bench="sampler", device=device_name(device), preset=args.preset,
+        params=sum(p.numel() for p in net.parameters()), precision=args.precision,
+        mode=mode, batch_ces=b, method=args.method,
+        step_ms=1e3 * sampler_s, guided_forward_ms=1e3 * forward_s, noise_ms=1e3 * noise_s,
+        overhead_vs_forward=sampler_s / forward_s - 1.0,
+        ces_per_s_at_1000_steps=b / (sampler_s * 1000),
+        gflop_per_image_forward=flops / (2 * b) / 1e9,
+        achieved_tflops=flops / forward_s / 1e12, matmul_peak_tflops=peak / 1e12,
+        mfu=flops / forward_s / peak,
+        torch=torch.__version__,
+    )
+    if device.type == "cuda":
+        result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def preset_image_shape(preset: str) -> tuple[int, int, int]:
+    p = UNET_PRESETS[preset]
+    return (p["image_channels"], p["image_size"], p["image_size"])
+
+
+def _generate(args_list: list[str], env=None) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "cejobs.generate", *args_list],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"generate failed: {r.stderr.strip().splitlines()[-1]}")
+    return time.perf_counter() - t0, r.stdout
+
+
+def bench_scaling(args) -> dict:
+    """Same run with 1 and 2 single-thread Ray CPU workers; throughput from the store timings."""
+    from cejobs.status import store_status
+    from cejobs.store import CEStore
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in args.workers:
+            store = Path(tmp) / f"w{workers}.zarr"
+            wall, _ = _generate([
+                "--backend", "ray", "--workers", str(workers), "--threads", "1",
+                "--sources", str(args.sources), "--shard-size", str(args.shard_size),
+                "--steps", str(args.steps), "--store", str(store), "--no-progress",
+            ])
+            st = store_status(CEStore.open(store))
+            out[workers] = dict(ces=st.ces_done, ces_per_s=st.rate, wall_s=wall)
+    base = out[args.workers[0]]["ces_per_s"]
+    return dict(bench="scaling", device=device_name(torch.device("cpu")), steps=args.steps,
+                sources=args.sources, shard_size=args.shard_size,
+                results={str(k): {**v, "speedup": v["ces_per_s"] / base} for k, v in out.items()})
+
+
+def bench_store(args) -> dict:
+    import numpy as np
+
+    from cejobs.store import CEStore
+
+    store = CEStore.open(args.store)
+    done = store.done()
+    start = store.read_rows("shard/started_at")[done]
+    end = store.read_rows("shard/finished_at")[done]
+    write = store.read_rows("shard/write_seconds")[done]
+    frac = write / (end - start)
+    return dict(bench="store", store=str(args.store), shards=int(done.sum()),
+                write_fraction_mean=float(np.mean(frac)), write_fraction_max=float(np.max(frac)),
+                write_seconds_mean=float(np.mean(write)))
+
+
+def bench_memory(args) -> dict:
+    """Peak RSS of the whole generate process (local backend) for growing N, 1 step per CE."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sources:
+            store = Path(tmp) / f"n{n}.zarr"
+            code = ("import resource, runpy, sys; sys.argv=['generate'] + sys.argv[1:];\n"
+                    "try:\n    runpy.run_module('cejobs.generate', run_name='__main__')\n"
+                    "except SystemExit: pass\n"
+                    "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            r = subprocess.run([sys.executable, "-c", code, "--backend", "local", "--sources",
+                                str(n), "--steps", "1", "--shard-size", "8", "--store",
+                                str(store), "--no-progress"], capture_output=True, text=True)
+            rss = [line for line in r.stdout.splitlines() if line.startswith("MAXRSS")]
+            if not rss:
+                raise SystemExit(f"generate failed: {r.stderr.strip()[-300:]}")
+            out[n] = int(rss[0].split()[1]) / 1024  # KiB -> MiB
+    return dict(bench="memory", peak_rss_mib=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cejobs.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser("sampler", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="digits", choices=sorted(UNET_PRESETS))
+    p.add_argument("--batch", type=int, default=40, help="CEs per batch (network sees 2x)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps timed per run")
+    p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--method", default="boltzmann")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
+    p.add_argument("--repeat", type=int, default=3)
+    p = sub.add_parser("scaling", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--sources", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=1)
+    p.add_argument("--steps", type=int, default=200)
+    p = sub.add_parser("store")
+    p.add_argument("--store", required=True)
+    p = sub.add_parser("memory")
+    p.add_argument("--sources", type=int, nargs="+", default=[16, 128, 1024])
+    p.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.bench == "sampler" and args.device in ("auto", "cpu"):
+        torch.set_num_threads(os.cpu_count() or 1)
+    result = {"sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
+              "memory": bench_memory}[args.bench](args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

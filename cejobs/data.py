@@ -1,0 +1,241 @@
+"""Datasets as images in [0, 1], shape (N, C, H, W), with int64 labels.
+
+`load_dataset(name, root, split)` understands:
+
+- "digits": scikit-learn's 8x8 handwritten digits (1797 images, 1x8x8, pixel values 0..16 -> /16).
+  It ships with scikit-learn, so nothing is downloaded. Fixed split, no shuffling: "train" is the
+  first 1347 images and "test" the last 450 (75% / 25%; every class has 133-137 train and 41-48
+  test images); "all" is all 1797.
+- "cifar10": torchvision's CIFAR10 reader over `<root>/cifar-10-batches-py/` (the "CIFAR-10 python
+  version"); splits "train" (50000) and "test" (10000).
+- "svhn": torchvision's SVHN reader over `<root>/{train,test,extra}_32x32.mat` (the "cropped
+  digits" format; label 10 is digit 0); splits "train", "test", "extra".
+- "PATH.npz": arrays `x`, (N, C, H, W) or (N, H, W, C), uint8 (/255) or float in [0, 1], and `y`.
+  The split is ignored: the file is the dataset.
+- "store:PATH": the CEs of a finished cejobs store as a dataset: image i*K + k is `ce/x[i, k]` and
+  its label `ce/target[i, k]`. The split is ignored.
+
+torchvision's readers are used with download=False. They check md5 sums of every file; we check
+that the files exist (with a clear message) and skip the md5 sums, so that staged copies load
+without re-hashing 180 MB per process (and so that tests can read small fake files).
+The default root is `data/<name>` under the current directory.
+
+Images stay in memory in their stored dtype (uint8 where possible: CIFAR10 train as float32 would
+be 600 MB) and are converted per batch by `ImageDataset.images(indices)`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DIGITS_TRAIN = 1347  # digits: images [0, 1347) are "train", [1347, 1797) are "test"
+DATASET_NAMES = ("digits", "cifar10", "svhn")  # plus "*.npz" and "store:PATH"
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be loaded; the message is one line saying why and how to fix it."""
+
+
+class ImageDataset:
+    """Images in [0, 1] and int64 labels, held in memory as `pixels * scale`."""
+
+    def __init__(
+        self,
+        name: str,  # as given to load_dataset
+        split: str,  # "train", "test", ... ("all" for npz and stores)
+        pixels: np.ndarray,  # (N, C, H, W), uint8 or float; image = pixels * scale
+        labels: np.ndarray,  # (N,) int
+        num_classes: int,  # labels are in 0..num_classes-1
+        scale: float = 1.0,  # multiplier taking pixels to [0, 1]
+    ):
+        if pixels.ndim != 4 or len(pixels) != len(labels):
+            raise DatasetError(f"{name}: images {pixels.shape} and labels {labels.shape} do not match")
+        self.name, self.split, self.num_classes = name, split, int(num_classes)
+        self.pixels = pixels
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.scale = float(scale)
+        self.image_shape = tuple(int(s) for s in pixels.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset({self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"image_shape={self.image_shape}, num_classes={self.num_classes})"
+        )
+
+    def images(self, indices=None) -> Tensor:
+        """float32 tensor (n, C, H, W) in [0, 1] of the given indices (all when None)."""
+        if indices is None:
+            sel = self.pixels
+        else:
+            if torch.is_tensor(indices):
+                indices = indices.cpu().numpy()
+            sel = self.pixels[indices if isinstance(indices, slice) else np.asarray(indices, dtype=np.int64)]
+        x = torch.from_numpy(np.ascontiguousarray(sel)).to(torch.float32)
+        return x * self.scale if self.scale != 1.0 else x
+
+
+def _check_split(name: str, split: str, allowed: tuple[str, ...]) -> None:
+    if split not in allowed:
+        raise DatasetError(f"{name} has no split {split!r} (choose from {', '.join(allowed)})")
+
+
+def _digits(split: str) -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    _check_split("digits", split, ("train", "test", "all"))
+    d = load_digits()
+    pixels = d.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
+    sel = {"train": slice(0, DIGITS_TRAIN), "test": slice(DIGITS_TRAIN, None), "all": slice(None)}[split]
+    return ImageDataset("digits", split, pixels[sel], d.target[sel], 10, scale=1.0 / 16.0)
+
+
+def _missing(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if not p.is_file()]
+
+
+def _cifar10(root: Path, split: str) -> ImageDataset:
+    from torchvision.datasets import CIFAR10
+
+    _check_split("cifar10", split, ("train", "test"))
+    folder = root / CIFAR10.base_folder
+    names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    if _missing([folder / n for n in names]):
+        raise DatasetError(
+            f"cifar10 not found: expected {folder}/data_batch_1..5, test_batch and batches.meta "
+            "(the 'CIFAR-10 python version'); put them there or pass --data-root"
+        )
+
+    class _CIFAR10OnDisk(CIFAR10):  # existence checked above; skip the md5 sums
+        def _check_integrity(self) -> bool:
+            return True
+
+        def _load_meta(self) -> None:  # torchvision's, less the md5 check
+            with open(folder / self.meta["filename"], "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    try:
+        ds = _CIFAR10OnDisk(str(root), train=split == "train", download=False)
+    except Exception as exc:
+        raise DatasetError(f"cifar10 in {folder} is unreadable: {exc}") from exc
+    pixels = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # HWC -> CHW, uint8
+    return ImageDataset("cifar10", split, pixels, np.asarray(ds.targets), 10, scale=1.0 / 255.0)
+
+
+def _svhn(root: Path, split: str) -> ImageDataset:
+    from torchvision.datasets import SVHN
+
+    _check_split("svhn", split, tuple(SVHN.split_list))
+    path = root / SVHN.split_list[split][1]
+    if _missing([path]):
+        raise DatasetError(
+            f"svhn not found: expected {path} (SVHN 'cropped digits' {split}_32x32.mat); "
+            "put it there or pass --data-root"
+        )
+
+    class _SVHNOnDisk(SVHN):  # existence checked above; skip the md5 sum
+        def _check_integrity(self) -> bool:
+            return True
+
+    try:
+        ds = _SVHNOnDisk(str(root), split=split, download=False)
+    except Exception as exc:
+        raise DatasetError(f"svhn file {path} is unreadable: {exc}") from exc
+    return ImageDataset("svhn", split, np.ascontiguousarray(ds.data), ds.labels, 10, scale=1.0 / 255.0)
+
+
+def _npz(name: str, split: str) -> ImageDataset:
+    path = Path(name)
+    if not path.is_file():
+        raise DatasetError(f"npz dataset not found: {path}")
+    try:
+        with np.load(path) as f:
+            if "x" not in f or "y" not in f:
+                raise DatasetError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has {sorted(f)}")
+            x, y = f["x"], f["y"]
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"{path} is not a readable .npz: {exc}") from exc
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise DatasetError(f"{path}: need x (N, C, H, W) or (N, H, W, C) and y (N,), got {x.shape} and {y.shape}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):  # channels last
+        x = x.transpose(0, 3, 1, 2)
+    if x.dtype == np.uint8:
+        scale = 1.0 / 255.0
+    elif np.issubdtype(x.dtype, np.floating):
+        if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or np.isnan(x).any()):
+            raise DatasetError(f"{path}: float images must lie in [0, 1] (found {np.nanmin(x):.3g}..{np.nanmax(x):.3g})")
+        scale = 1.0
+    else:
+        raise DatasetError(f"{path}: x must be uint8 or float, got {x.dtype}")
+    if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
+        raise DatasetError(f"{path}: y must hold non-negative integer labels, got {y.dtype}")
+    num_classes = int(y.max()) + 1 if y.size else 0
+    return ImageDataset(name, split, np.ascontiguousarray(x), y, num_classes, scale=scale)
+
+
+def _store_classes(attrs: dict, k: int) -> int | None:
+    """Classes of a store, from its layout attributes (cejobs.layout.num_classes) when present."""
+    meta = attrs.get("cejobs") if isinstance(attrs.get("cejobs"), dict) else attrs
+    layout = meta.get("layout")
+    if isinstance(layout, dict) and isinstance(layout.get("num_classes"), int):
+        return layout["num_classes"]
+    if isinstance(meta.get("num_classes"), int):
+        return meta["num_classes"]
+    config = meta.get("config")
+    per_class = config.get("per_class") if isinstance(config, dict) else None
+    if isinstance(per_class, int) and per_class > 0 and k % per_class == 0:
+        return k // per_class
+    return None
+
+
+def _store(name: str, split: str) -> ImageDataset:
+    import zarr
+
+    path = Path(name[len("store:"):])
+    if not path.exists():
+        raise DatasetError(f"store not found: {path}")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        ce_x, target = root["ce/x"], root["ce/target"]
+        done = np.asarray(root["shard/done"][:]) if "shard" in root and "done" in root["shard"] else None
+    except Exception as exc:
+        raise DatasetError(f"{path} is not a cejobs store with ce/x and ce/target ({exc})") from exc
+    if done is not None and not done.all():
+        raise DatasetError(
+            f"store {path} is unfinished ({int(done.sum())} of {done.size} shards done); "
+            "finish it by re-running generate first"
+        )
+    n, k = ce_x.shape[:2]
+    x = np.asarray(ce_x[:]).reshape(n * k, *ce_x.shape[2:])  # index i*K + k
+    y = np.asarray(target[:]).reshape(n * k).astype(np.int64)
+    num_classes = _store_classes(dict(root.attrs), k)
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if y.size else 0
+    return ImageDataset(name, split, x, y, int(num_classes))
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train") -> ImageDataset:
+    """Images in [0, 1] and labels of a named dataset (module docstring). Raises DatasetError."""
+    if name == "digits":
+        return _digits(split)
+    if name in ("cifar10", "svhn"):
+        root_path = Path(root) if root is not None else Path("data") / name
+        return _cifar10(root_path, split) if name == "cifar10" else _svhn(root_path, split)
+    if name.startswith("store:"):
+        return _store(name, split)
+    if name.endswith(".npz"):
+        return _npz(name, split)
+    raise DatasetError(
+        f"unknown dataset {name!r}: use digits, cifar10, svhn, a path ending in .npz, or store:PATH"
+    )

@@ -1,0 +1,61 @@
+"""What backends pass around: a job's task, a shard's result, and the safe shard call.
+
+Kept free of models and data so that drivers and backends import it cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class ShardError(RuntimeError):
+    """A shard that computed but must not be marked done (e.g. non-finite CEs)."""
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """What every worker of a job needs: small and picklable."""
+
+    kind: str  # a key of cejobs.workers.WORKERS
+    store: str  # store path, on storage every worker shares
+    config: dict[str, Any]  # the resolved configuration of the job
+    options: dict[str, Any] = field(default_factory=dict)  # job-kind extras
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    ces: int = 0
+    seconds: float = 0.0
+    write_seconds: float = 0.0
+    error: str | None = None
+    worker: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_shard_safely(worker, shard: int) -> ShardResult:
+    """worker.run_shard, with any exception turned into a failed result carrying its traceback."""
+    try:
+        return worker.run_shard(shard)
+    except Exception as e:  # reported to the driver; the shard is not marked done
+        tb = traceback.format_exc(limit=4)
+        return ShardResult(shard, error=f"{type(e).__name__}: {e}\n{tb}", worker=worker_name())

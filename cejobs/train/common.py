@@ -1,0 +1,143 @@
+"""Pieces shared by the two training commands: data order, EMA, devices, resume files, logging.
+
+Resume files. Every `--save-every` steps (diffusion) or epochs (classifier), and at the end of a
+run, a trainer writes `<out>.resume.pt`: an ordinary cejobs checkpoint whose "extra" entry holds
+the training state (raw weights, optimizer, step, RNG states, and the settings that decide the
+numbers). `--resume FILE` restores all of it. The data order is a pure function of (seed, epoch),
+so a resumed run is bit-identical to an unbroken one on the same device and thread count.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shlex
+import sys
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TrainError(Exception):
+    """A bad training setting or resume file; the message is one line."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise TrainError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"--device {name}: no CUDA device is available (use --device cpu)")
+    return device
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+@lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, 0xDA7A, epoch]).permutation(n)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits the n training examples: a function of (seed, epoch)."""
+    return _epoch_permutation(seed, epoch, n)
+
+
+def stream_batch(seed: int, n: int, batch_size: int, step: int) -> np.ndarray:
+    """Indices of batch `step` of the endless stream epoch 0, epoch 1, ... (batches may straddle epochs)."""
+    start, out = step * batch_size, []
+    need = batch_size
+    while need:
+        epoch, offset = divmod(start, n)
+        take = epoch_order(seed, epoch, n)[offset:offset + need]
+        out.append(take)
+        start += len(take)
+        need -= len(take)
+    return np.concatenate(out)
+
+
+class EMA:
+    """Exponential moving average of weights, with score_sde's warm-up: the decay used at update k is
+    min(decay, (1 + k) / (10 + k)), so that short runs are not dominated by the initial weights."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for pe, p in zip(self.model.parameters(), model.parameters()):
+            pe.lerp_(p.detach(), 1.0 - d)
+        for be, b in zip(self.model.buffers(), model.buffers()):
+            be.copy_(b)
+        self.updates += 1
+
+
+def rng_state(device: torch.device, *generators: torch.Generator) -> dict[str, Any]:
+    """Global torch RNG states (dropout) and those of the given generators."""
+    state = {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in generators]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device, *generators: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    for g, s in zip(generators, state["generators"]):
+        g.set_state(s)
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def resume_path(out: str) -> str:
+    return f"{out}.resume.pt"
+
+
+def check_resume_settings(path: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """A resume must use the settings that decide the numbers; raise TrainError naming any difference."""
+    diffs = [
+        f"{k} (file: {saved.get(k)!r}, now: {current.get(k)!r})"
+        for k in sorted(set(saved) | set(current))
+        if _plain(saved.get(k)) != _plain(current.get(k))
+    ]
+    if diffs:
+        raise TrainError(f"{path} was written with other settings; resume with the same ones: " + "; ".join(diffs))
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass config as plain types (tuples become lists), for checkpoints."""
+    return {k: _plain(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def command_line(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return "python -m cejobs.train " + " ".join(shlex.quote(a) for a in args)
+
+
+def lr_at(step: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then constant (score_sde / DDPM)."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+def remove_if_exists(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,234 @@
+"""Training the class-conditional score U-Net (paper sec. 3 and appendix; score_sde's VP recipe).
+
+Each step: a batch x0 in model space (2x - 1), t ~ U(t_eps, 1), z ~ N(0, I),
+x_t = alpha_t x0 + sigma_t z, labels replaced by the null label with probability `label_drop`
+(classifier-free guidance), and the loss mean((eps_theta(x_t, t, y) - z)^2) (DDPM's L_simple:
+the mean over elements). Adam with linear warm-up, gradient clipping, and an EMA of the weights,
+which is what the output checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from cejobs.data import load_dataset
+from cejobs.models import UNET_PRESETS, UNet
+from cejobs.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cejobs.sde import VPSDE
+from cejobs.train.common import (
+    EMA,
+    TrainError,
+    check_resume_settings,
+    command_line,
+    config_dict,
+    lr_at,
+    resolve_device,
+    resume_path,
+    rng_state,
+    set_rng_state,
+    set_threads,
+    stream_batch,
+)
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DiffusionTrainConfig:
+    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH")
+    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)", run=True)
+    preset: str = _f("paper", "U-Net preset; its image shape and classes follow the dataset",
+                     choices=tuple(UNET_PRESETS))
+    base_channels: int | None = _f(None, "override the preset's base width")
+    channel_mult: str | None = _f(None, "override the preset's width multipliers, e.g. 1,2,2,2")
+    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution")
+    attn_resolutions: str | None = _f(None, "override the preset's attention resolutions, e.g. 16 ('' for none)")
+    dropout: float | None = _f(None, "override the preset's dropout")
+    steps: int = _f(1_000_000, "training steps (paper: 1M)", run=True)
+    batch_size: int = _f(128, "images per step")
+    lr: float = _f(2e-4, "Adam learning rate")
+    warmup: int = _f(5000, "linear learning-rate warm-up steps")
+    grad_clip: float = _f(1.0, "gradient-norm clip (0: off)")
+    label_drop: float = _f(0.3, "probability of replacing a label by the null label")
+    ema: float = _f(0.9999, "EMA decay of the saved weights (short runs: 0.999)")
+    t_eps: float = _f(1e-5, "smallest training time t (score_sde's continuous-time eps)")
+    precision: str = _f("fp32", "network precision (bf16 autocast on GPUs; loss and optimizer in fp32)",
+                        choices=("fp32", "bf16"))
+    seed: int = _f(0, "seed of the initial weights, data order and noise")
+    out: str = _f("runs/diffusion.pt", "output checkpoint (EMA weights); resume state goes to OUT.resume.pt",
+                  run=True)
+    save_every: int = _f(5000, "write OUT.resume.pt every this many steps and at the end (0: never)", run=True)
+    log_every: int = _f(1000, "print a log line every this many steps", run=True)
+    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --steps extends)",
+                            run=True)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N", run=True)
+    threads: int = _f(0, "torch CPU threads (0: torch's default)", run=True)
+    progress: bool = _f(True, "show a progress bar", run=True)
+
+    def identity(self) -> dict:
+        """The settings that decide the numbers; a resume must repeat them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("run")}
+
+
+def _int_tuple(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise TrainError(f"--{flag} must be comma-separated integers (got {text!r})") from None
+
+
+def unet_kwargs(cfg: DiffusionTrainConfig, image_shape, num_classes: int) -> dict:
+    """The preset's constructor arguments, with the dataset's shape and classes and any overrides."""
+    kw = dict(UNET_PRESETS[cfg.preset])
+    kw.update(image_channels=image_shape[0], image_size=image_shape[1], num_classes=num_classes)
+    if image_shape[1] != image_shape[2]:
+        raise TrainError(f"the U-Net needs square images, got {image_shape}")
+    for name in ("base_channels", "num_res_blocks", "dropout"):
+        if getattr(cfg, name) is not None:
+            kw[name] = getattr(cfg, name)
+    if cfg.channel_mult is not None:
+        kw["channel_mult"] = _int_tuple(cfg.channel_mult, "channel-mult")
+    if cfg.attn_resolutions is not None:
+        kw["attn_resolutions"] = _int_tuple(cfg.attn_resolutions, "attn-resolutions")
+    return kw
+
+
+def _mean(values) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def _validate(cfg: DiffusionTrainConfig) -> None:
+    checks = [
+        (cfg.steps >= 1, f"--steps must be >= 1 (got {cfg.steps})"),
+        (cfg.batch_size >= 1, f"--batch-size must be >= 1 (got {cfg.batch_size})"),
+        (cfg.lr > 0, f"--lr must be > 0 (got {cfg.lr})"),
+        (cfg.warmup >= 0, f"--warmup must be >= 0 (got {cfg.warmup})"),
+        (cfg.grad_clip >= 0, f"--grad-clip must be >= 0 (got {cfg.grad_clip})"),
+        (0 <= cfg.label_drop < 1, f"--label-drop must be in [0, 1) (got {cfg.label_drop})"),
+        (0 <= cfg.ema < 1, f"--ema must be in [0, 1) (got {cfg.ema})"),
+        (0 < cfg.t_eps < 1, f"--t-eps must be in (0, 1) (got {cfg.t_eps})"),
+        (cfg.save_every >= 0 and cfg.log_every >= 0, "--save-every and --log-every must be >= 0"),
+        (cfg.precision in ("fp32", "bf16"), f"--precision must be fp32 or bf16 (got {cfg.precision!r})"),
+        (cfg.preset in UNET_PRESETS, f"--preset must be one of {', '.join(UNET_PRESETS)} (got {cfg.preset!r})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TrainError(message)
+
+
+def train_diffusion(cfg: DiffusionTrainConfig, argv: list[str] | None = None) -> str:
+    """Train (or resume) a diffusion model as `cfg` says; returns the output checkpoint path."""
+    _validate(cfg)
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_root, "train")
+    kwargs = unet_kwargs(cfg, data.image_shape, data.num_classes)
+
+    torch.manual_seed(cfg.seed)
+    try:
+        model = UNet(**kwargs).to(device)
+    except ValueError as exc:
+        raise TrainError(f"cannot build the U-Net: {exc}") from exc
+    ema = EMA(model, cfg.ema)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    sde = VPSDE()
+    start, recent = 0, deque(maxlen=1000)  # losses of the last 1000 steps
+
+    if cfg.resume:
+        try:
+            state = load_checkpoint(cfg.resume, expect_kind="diffusion", map_location=device)
+        except CheckpointError as exc:
+            raise TrainError(f"--resume: {exc}") from exc
+        extra = state.extra
+        if extra.get("trainer") != "diffusion":
+            raise TrainError(f"{cfg.resume} is not a diffusion resume file (written by --save-every)")
+        check_resume_settings(cfg.resume, extra["config"], cfg.identity())
+        ema.model.load_state_dict(state.model.state_dict())
+        ema.updates = extra["ema_updates"]
+        model.load_state_dict(extra["model"])
+        opt.load_state_dict(extra["optimizer"])
+        set_rng_state(extra["rng"], device, gen)
+        start = extra["step"]
+        recent.extend(extra["recent_losses"])
+        if start >= cfg.steps:
+            raise TrainError(f"{cfg.resume} is already at step {start}; pass --steps larger than that to go on")
+
+    def save(path: str, step: int, with_state: bool) -> None:
+        meta = dict(
+            dataset=cfg.dataset, split="train", centered=True,
+            metrics=dict(steps=step, train_loss=_mean(recent), train_loss_steps=len(recent)),
+            train=dict(config_dict(cfg), command=command_line(argv), torch=torch.__version__),
+        )
+        extra = None
+        if with_state:
+            extra = dict(
+                trainer="diffusion", config=cfg.identity(), step=step, model=model.state_dict(),
+                optimizer=opt.state_dict(), ema_updates=ema.updates, rng=rng_state(device, gen),
+                recent_losses=list(recent),
+            )
+        save_checkpoint(path, ema.model, kind="diffusion", arch="unet", arch_kwargs=kwargs, meta=meta, extra=extra)
+
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if cfg.precision == "bf16" else nullcontext()
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    tqdm.write(
+        f"diffusion: {cfg.dataset} ({len(data)} images {data.image_shape}), U-Net {cfg.preset} "
+        f"{n_params / 1e6:.2f}M params, steps {start}..{cfg.steps} on {device}"
+    )
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, dynamic_ncols=True, desc="diffusion")
+    window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+    for step in range(start, cfg.steps):
+        idx = stream_batch(cfg.seed, len(data), cfg.batch_size, step)
+        x0 = (2.0 * data.images(idx) - 1.0).to(device)  # model space
+        y = torch.as_tensor(data.labels[idx], device=device)
+        b = x0.shape[0]
+        t = cfg.t_eps + (1.0 - cfg.t_eps) * torch.rand(b, generator=gen, device=device)
+        z = torch.randn(x0.shape, generator=gen, device=device)
+        drop = torch.rand(b, generator=gen, device=device) < cfg.label_drop
+        y = torch.where(drop, torch.full_like(y, data.num_classes), y)
+        a = sde.alpha(t)[:, None, None, None]
+        s = sde.sigma(t)[:, None, None, None]
+        x_t = a * x0 + s * z
+
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.lr, cfg.warmup)
+        with autocast:
+            eps = model(x_t, t, y)
+        loss = (eps.float() - z).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model)
+
+        value = loss.item()
+        recent.append(value)
+        window_loss, window_n = window_loss + value, window_n + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        done = step + 1
+        if cfg.log_every and done % cfg.log_every == 0:
+            rate = window_n / (time.perf_counter() - t0)
+            tqdm.write(f"step {done}/{cfg.steps}  loss {window_loss / window_n:.4f}  "
+                       f"lr {lr_at(step, cfg.lr, cfg.warmup):.2e}  {rate:.2f} it/s")
+            window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+        if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
+            save(resume_path(cfg.out), done, with_state=True)
+    bar.close()
+    save(cfg.out, cfg.steps, with_state=False)
+    tqdm.write(f"saved {cfg.out} (EMA weights, step {cfg.steps}, train loss {_mean(recent):.4f})")
+    return cfg.out
