@@ -7,6 +7,7 @@ Subcommands:
   scaling   CE throughput of the Ray backend with 1 and 2 CPU workers on a real local Ray.
   store     Fraction of shard time spent writing zarr, read from a finished store.
   memory    Peak RSS of the generate driver as the number of sources grows.
+  train     Seconds per training iteration of a U-Net preset (forward, backward, Adam).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from cejobs.models.compiled import maybe_compile
 from cejobs.models.unet import UNET_PRESETS, UNet
 from cejobs.noise import CENoise
 from cejobs.sampler import guided_eps, sample_ce
@@ -68,23 +70,6 @@ def forward_flops(net, x, t, y) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x, t, y)
     return counter.get_total_flops()
-
-
-def maybe_compile(net, enabled: bool):
-    """torch.compile with a safe fallback: on failure, eager, said once."""
-    if not enabled:
-        return net, "eager"
-    try:
-        compiled = torch.compile(net)
-        with torch.no_grad():  # compile errors surface on the first call
-            x = torch.zeros(2, *net.image_shape, device=next(net.parameters()).device)
-            compiled(x, torch.full((2,), 0.5, device=x.device), torch.zeros(2, dtype=torch.long,
-                                                                           device=x.device))
-        return compiled, "compiled"
-    except Exception as e:  # noqa: BLE001 - any backend failure falls back
-        print(f"torch.compile failed ({type(e).__name__}: {str(e)[:120]}); using eager",
-              file=sys.stderr)
-        return net, "eager (compile failed)"
 
 
 def bench_sampler(args) -> dict:
@@ -143,6 +128,38 @@ def bench_sampler(args) -> dict:
 def preset_image_shape(preset: str) -> tuple[int, int, int]:
     p = UNET_PRESETS[preset]
     return (p["image_channels"], p["image_size"], p["image_size"])
+
+
+def bench_train(args) -> dict:
+    """One training iteration = VP denoising loss, backward, grad-clip, Adam step."""
+    from cejobs.sde import VPSDE
+
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    net = UNet(**UNET_PRESETS[args.preset]).to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4)
+    sde = VPSDE()
+    b = args.batch
+    x0 = torch.rand(b, *preset_image_shape(args.preset), device=device) * 2 - 1
+    y = torch.arange(b, device=device) % 11
+    dtype = DTYPES[args.precision]
+
+    def step():
+        t = torch.rand(b, device=device) * (1 - 1e-5) + 1e-5
+        z = torch.randn_like(x0)
+        a, s = sde.alpha(t)[:, None, None, None], sde.sigma(t)[:, None, None, None]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = ((net(a * x0 + s * z, t, y).float() - z) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+
+    seconds = _time(step, device, args.repeat)
+    return dict(bench="train", device=device_name(device), preset=args.preset, batch=b,
+                precision=args.precision, seconds_per_iteration=seconds,
+                images_per_s=b / seconds, torch=torch.__version__)
 
 
 def _generate(args_list: list[str], env=None) -> tuple[float, str]:
@@ -230,16 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sources", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=1)
     p.add_argument("--steps", type=int, default=200)
+    p = sub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="paper", choices=sorted(UNET_PRESETS))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeat", type=int, default=3)
     p = sub.add_parser("store")
     p.add_argument("--store", required=True)
     p = sub.add_parser("memory")
     p.add_argument("--sources", type=int, nargs="+", default=[16, 128, 1024])
     p.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if args.bench == "sampler" and args.device in ("auto", "cpu"):
+    if args.bench in ("sampler", "train") and args.device in ("auto", "cpu"):
         torch.set_num_threads(os.cpu_count() or 1)
     result = {"sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
-              "memory": bench_memory}[args.bench](args)
+              "memory": bench_memory, "train": bench_train}[args.bench](args)
     print(json.dumps(result, indent=2))
     return 0
 

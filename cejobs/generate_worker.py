@@ -15,6 +15,7 @@ from cejobs.config import GenerateConfig
 from cejobs.data import load_dataset
 from cejobs.distances import l0_distance, l2_distance
 from cejobs.models.checkpoint import load_checkpoint
+from cejobs.models.compiled import maybe_compile
 from cejobs.noise import CENoise
 from cejobs.plan import make_plan
 from cejobs.robust import robust_ce
@@ -46,6 +47,8 @@ class GenerateWorker:
             raise ShardError(f"checkpoint on {worker_name()} has sha256 {ckpt.sha256[:12]}, "
                              f"the store was made with {str(expected)[:12]}")
         self.net = ckpt.model.to(self.device).eval()
+        if config.method != "robust":
+            self.net, self.net_mode = maybe_compile(self.net, config.compile)
         self.targets = torch.as_tensor(self.plan.targets())
         self.replicates = torch.as_tensor(self.plan.replicates())
 

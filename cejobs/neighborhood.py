@@ -118,7 +118,7 @@ def gaussian_score(
 
 
 def boltzmann_gamma(alpha: Tensor, sigma: Tensor, sigma_ce: float | Tensor) -> Tensor:
-    """gamma_t of eq. 12 with the appendix's linear switch of r(u) = 1/erfcx(u) at u = 20.
+    """gamma_t of eqs. 6 and 11, with the appendix's linear switch of r(u) = 1/erfcx(u) at 20.
 
     The paper's gamma_t = k - sqrt2/(sg sqrt(pi)) r(u). Since k = (sqrt2/sg) u, this is
     gamma_t = -(sqrt2/sg) K(u) for u < 20, and for u >= 20, with r(u) = r(20) + sqrt(pi) (u - 20),

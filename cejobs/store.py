@@ -111,7 +111,12 @@ def check_writable(path: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise StoreError(f"cannot write the store at {path}: {e.strerror or e} "
+        reason = e.strerror or str(e)
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()),
+                       None)
+        if blocker is not None:  # mkdir says only "File exists" or "Not a directory"
+            reason = f"{blocker} is a file, not a folder"
+        raise StoreError(f"cannot write the store at {path}: {reason} "
                          f"(choose a writable --store on storage every worker shares)") from None
 
 
@@ -314,3 +319,46 @@ class CEStore:
                 problems.setdefault(shard, []).append(
                     f"leftover {leftover.relative_to(self.path)}")
         return problems
+
+
+def create_eval_arrays(store: CEStore, name: str, attrs: dict[str, Any]) -> str:
+    """Driver only: create `eval/<name>/` for one classifier in an existing store; return the
+    prefix `eval/<name>` (the `prefix` argument of `done` and `write_shard`).
+
+    Arrays: `source_prob` (N, classes) and `ce_prob` (N, K, classes) float32, chunked by shard,
+    plus the per-shard `done`, `started_at`, `write_seconds`, `finished_at` of `write_shard`.
+    The group attributes hold `attrs` (classifier path and sha256). The group is built in a
+    temporary sibling and renamed into place, so it exists whole or not at all. If it already
+    exists with another `sha256`, StoreError is raised and nothing changes.
+    """
+    nan = float("nan")
+    arrays = {
+        "source_prob": ArraySpec(("source", "class"), "float32", nan),
+        "ce_prob": ArraySpec(("source", "ce", "class"), "float32", nan),
+        "done": ArraySpec(("shard",), "bool", False),
+        "started_at": ArraySpec(("shard",), "float64", nan),  # unix time
+        "finished_at": ArraySpec(("shard",), "float64", nan),
+        "write_seconds": ArraySpec(("shard",), "float64", nan),
+    }
+    prefix = f"eval/{name}"
+    final = store.path / prefix
+    if not (final / "zarr.json").exists():
+        zarr.open_group(str(store.path), mode="r+").require_group("eval")
+        tmp = store.path / "eval" / f".{name}.{uuid.uuid4().hex}.creating"
+        try:
+            group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+            _create_arrays(group, arrays, store.layout)
+            group.attrs[ATTRS_KEY] = dict(kind="evaluate", version=__version__,
+                                          created=time.time(), arrays=sorted(arrays), **attrs)
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "zarr.json").exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    recorded = dict(zarr.open_group(str(store.path), path=prefix, mode="r").attrs)[ATTRS_KEY]
+    if recorded.get("sha256") != attrs.get("sha256"):
+        raise StoreError(f"{store.path} has {prefix} from a classifier with sha256 "
+                         f"{str(recorded.get('sha256'))[:12]} ({recorded.get('path')}), not "
+                         f"{str(attrs.get('sha256'))[:12]}; give this classifier another name")
+    return prefix

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from cejobs.eval.worker import EvaluateWorker
 from cejobs.generate_worker import GenerateWorker
 from cejobs.tasks import ShardTask
 
-WORKERS = {"generate": GenerateWorker}
+WORKERS = {"generate": GenerateWorker, "evaluate": EvaluateWorker}
 
 
 def make_worker(task: ShardTask, device: str | None = None):

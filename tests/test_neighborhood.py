@@ -69,7 +69,7 @@ def _mp_k(u) -> mpmath.mpf:
 
 
 def _mp_gamma_paper(a, sg, s) -> mpmath.mpf:
-    """Eq. 12 as printed, r(u) = (e^{u^2} erfc(u))^{-1}, linear for u >= 20 (appendix 7)."""
+    """Eqs. 6 and 11 as printed, r(u) = (e^{u^2} erfc(u))^{-1}, linear for u >= 20 (appendix 7)."""
     a, sg, s = map(mpmath.mpf, (a, sg, s))
     u = sg / (a * s)
 
@@ -258,7 +258,7 @@ def test_boltzmann_matches_the_paper_formula():
 
 
 def test_boltzmann_slope_at_mode():
-    # Below the switch gamma is the first Maclaurin term of the exact score (eq. 11), so the
+    # Below the switch k gamma is the exact score's slope at y = 0 (eq. 12 at y = 0), so the
     # slopes at y = 0 agree; above it the slope is k sqrt2 K(20)/sg instead of k sqrt2 K(u)/sg,
     # too large by K(20)/K(u) = (u/20) (1 - 1/400 + 1/u^2 + ...), as K(z) = (1 - 1/z^2 + ...)/(2z).
     c = _switch_cases(40, 7)

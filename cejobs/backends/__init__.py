@@ -5,8 +5,9 @@ from __future__ import annotations
 from cejobs.backends.base import Backend, RunReport
 from cejobs.backends.local import LocalBackend
 from cejobs.backends.ray_backend import RayBackend
+from cejobs.backends.slurm_backend import SlurmBackend
 
-BACKENDS = {"local": LocalBackend, "ray": RayBackend}
+BACKENDS = {"local": LocalBackend, "ray": RayBackend, "slurm": SlurmBackend}
 
 
 def make_backend(config) -> Backend:

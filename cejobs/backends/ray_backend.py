@@ -1,141 +1,384 @@
 """Ray backend: long-lived shard actors, dynamic dispatch, retries of shards whose worker died.
 
-- One actor per GPU (or per `gpus_per_worker` fraction), else CPU actors of `threads` threads.
-- Each actor loads the model once and runs many shards; results are small (data go to the store).
-- At most `max_in_flight` shards are queued per actor, so the driver never holds all the work.
-- A shard whose actor or node died is retried on a fresh actor, up to `max_retries` times.
-  A shard that raised (e.g. non-finite CEs) is reported with its error and not retried.
+- Joins the cluster it runs in (`--ray-address`, else RAY_ADDRESS as set by `ray job submit`,
+  else a cluster started with `ray start` on this node), or starts a private local Ray.
+- One actor per GPU (or per `gpus_per_worker` fraction of one); on a cluster without GPUs, or
+  with `--device cpu`, CPU actors of `threads` torch threads (and as many Ray CPUs) each.
+- Each actor loads the model once, reports ready, then runs shards one at a time. Shards go to
+  ready actors only, at most `max_in_flight` queued per actor, so fast actors take more and an
+  actor still waiting for resources holds none. Results are small: the data go to the store.
+- An actor or node that dies loses the shard it was running: that shard is retried on a fresh
+  actor, placed wherever Ray finds room, at most `max_retries` times; shards merely queued
+  behind it are requeued without counting a retry. A shard that raised (non-finite CEs, a bad
+  input) is reported with its error and not retried: its numbers depend only on the seed and
+  its position, so a retry would raise again. A resume runs it again.
+- An actor whose start-up raised (store not visible on its node, checkpoint differs) is
+  retired with that error; when no actor is left, the remaining shards fail with it.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-from typing import Sequence
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.tasks import ShardResult, ShardTask
 
 DASHBOARD_HOST = "127.0.0.1"  # never expose Ray's dashboard beyond this host
+WAIT_LOG_SECONDS = 60.0  # how often to say that no actor has started yet
+
+
+def log(message: str) -> None:
+    print(f"ray: {message}", file=sys.stderr, flush=True)
+
+
+def one_line(error: BaseException | str) -> str:
+    """The line that says what went wrong: the last `SomeError: ...` line, else the first."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b", line):
+            return line[:500]
+    return (lines[0] if lines else type(error).__name__)[:500]
+
+
+def actor_device(config_device: str, gpu_ids: Sequence[Any], cuda_available: bool) -> str:
+    """The torch device of an actor, from the run's --device and the GPUs Ray gave it."""
+    if config_device == "cpu" or not gpu_ids or not cuda_available:
+        return "cpu" if config_device == "auto" else config_device  # cuda: fails loudly
+    if os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"):  # sees every GPU
+        return f"cuda:{gpu_ids[0]}"
+    return "cuda"  # Ray set CUDA_VISIBLE_DEVICES to this actor's GPU(s)
 
 
 class ShardActor:
     """Wrapped by ray.remote at run time (no import-time Ray)."""
 
-    def __init__(self, task: ShardTask, threads: int):
+    def __init__(self, task: ShardTask, threads: int, use_gpu: bool):
+        import ray
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
+        from cejobs.tasks import worker_name
         from cejobs.workers import make_worker
 
-        self.worker = make_worker(task)
+        torch.set_num_threads(threads)
+        self.worker, self.error = None, None
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if use_gpu else []
+        self.device = actor_device(task.config.get("device", "auto"), self.gpu_ids,
+                                   torch.cuda.is_available())
+        try:
+            self.worker = make_worker(task, self.device)
+        except Exception as e:  # reported by ready(): the backend retires this actor
+            from cejobs.store import StoreError
+
+            hint = (" (the store must be on storage every node shares)"
+                    if isinstance(e, StoreError) else "")
+            self.error = f"{type(e).__name__}: {e}{hint}"
+        self.name = worker_name()
+
+    def ready(self) -> dict[str, Any]:
+        import torch
+
+        return dict(worker=self.name, device=self.device, gpus=self.gpu_ids,
+                    threads=torch.get_num_threads(), error=self.error)
 
     def run(self, shard: int) -> ShardResult:
         from cejobs.tasks import run_shard_safely
 
+        if self.worker is None:
+            return ShardResult(shard, error=str(self.error), worker=self.name)
         return run_shard_safely(self.worker, shard)
 
 
-def connect(address: str | None, log_to_driver: bool = False) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); with neither, start a local Ray."""
+def connect(address: str | None) -> str:
+    """Join the cluster at `address` (else RAY_ADDRESS, as `ray job submit` sets it, else one
+    `ray start`ed on this node), or start a private local Ray. Returns what it did."""
     import ray
 
     if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=log_to_driver, logging_level="WARNING")
+        return "connected"
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    try:  # resolves None the way ray.init will: RAY_ADDRESS, then this node's `ray start`
+        from ray._private.services import canonicalize_bootstrap_address
+
+        target = canonicalize_bootstrap_address(target)
+    except Exception:  # noqa: BLE001 - private API: fall back to what we were given
+        pass
+    # A cluster forwards its workers' output into this driver, i.e. into the job's log.
+    try:
+        ray.init(address=address, log_to_driver=target is not None, logging_level="WARNING",
+                 include_dashboard=False, dashboard_host=DASHBOARD_HOST)
+    except ConnectionError as e:
+        from cejobs.config import ConfigError
+
+        raise ConfigError(f"cannot reach the Ray cluster at {target or address}: "
+                          f"{one_line(e)} (check --ray-address / RAY_ADDRESS)") from None
+    return f"joined the cluster at {target}" if target else "started a local Ray"
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    count: int  # actors to start
+    options: dict[str, float]  # ray.remote resource options of each actor
+    threads: int  # torch threads inside each actor
+    use_gpu: bool
+    fits: int  # actors of this shape the cluster holds right now
+
+    def resources(self) -> str:
+        return ", ".join(f"{k.removeprefix('num_').upper()} {v:g}" for k, v in self.options.items())
+
+    def describe(self) -> str:
+        res = self.resources()
+        kind = "GPU" if self.use_gpu else "CPU"
+        extra = (f"; the cluster has room for {self.fits} now, the rest start when resources "
+                 f"free up" if self.count > self.fits else "")
+        return f"{self.count} {kind} worker(s), {res}, {self.threads} thread(s) each{extra}"
+
+
+def plan_actors(resources: dict[str, float], *, workers: int, threads: int,
+                gpus_per_worker: float, device: str, shards: int) -> ActorPlan:
+    """How many actors of which shape, from the cluster's resources and the run's flags."""
+    from cejobs.config import ConfigError
+
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if device.startswith("cuda") and not gpus:
+        raise ConfigError(f"--device {device}, but the Ray cluster has no GPUs; use --device "
+                          f"auto or cpu")
+    use_gpu = gpus > 0 and device != "cpu"
+    if use_gpu:
+        threads = threads or 1
+        fits = int(gpus / gpus_per_worker + 1e-9)
+        options = dict(num_gpus=gpus_per_worker, num_cpus=float(threads))
     else:
-        ray.init(include_dashboard=False, log_to_driver=log_to_driver, logging_level="WARNING",
-                 dashboard_host=DASHBOARD_HOST)
+        threads = threads or 1
+        fits = int(cpus // threads)
+        options = dict(num_cpus=float(threads))
+    count = min(workers or max(fits, 1), max(shards, 1))
+    return ActorPlan(count, options, threads, use_gpu, fits)
+
+
+@dataclass
+class _Slot:
+    """One actor position: replaced in place when its actor dies."""
+
+    actor: Any
+    ready_ref: Any = None  # ObjectRef of ready() while starting
+    ready: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    outstanding: collections.deque = field(default_factory=collections.deque)  # (ref, shard)
+    retired: bool = False
 
 
 class RayBackend:
     def __init__(
         self,
         address: str | None = None,  # ray cluster address; None: RAY_ADDRESS or a local Ray
-        workers: int = 0,  # 0: one per GPU, else one per `threads` CPUs
-        threads: int = 1,  # torch threads (and Ray CPUs) of a CPU actor
+        workers: int = 0,  # 0: one per GPU (per gpus_per_worker), else one per `threads` CPUs
+        threads: int = 1,  # torch threads (and Ray CPUs) of an actor
         gpus_per_worker: float = 1.0,  # fractions share a GPU
         max_in_flight: int = 2,  # shards queued per actor
         max_retries: int = 3,  # retries of a shard after its worker died
+        device: str = "auto",  # cpu: CPU actors even on a GPU cluster
     ):
         self.address, self.workers, self.threads = address, workers, max(1, threads)
         self.gpus_per_worker, self.max_in_flight = gpus_per_worker, max(1, max_in_flight)
-        self.max_retries = max_retries
+        self.max_retries, self.device = max_retries, device
 
     @classmethod
     def from_config(cls, config) -> "RayBackend":
         return cls(
             address=config.ray_address, workers=config.workers, threads=config.threads or 1,
             gpus_per_worker=config.gpus_per_worker, max_in_flight=config.max_in_flight or 2,
-            max_retries=config.max_retries,
+            max_retries=config.max_retries, device=config.device,
         )
-
-    def _actor_options(self) -> tuple[int, dict]:
-        import ray
-
-        resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0)
-        if gpus:
-            count = self.workers or max(1, int(gpus / self.gpus_per_worker))
-            return count, dict(num_gpus=self.gpus_per_worker, num_cpus=1)
-        count = self.workers or max(1, int(resources.get("CPU", 1) // self.threads))
-        return count, dict(num_cpus=self.threads)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         import ray
-        from ray.exceptions import RayActorError, RayError
 
-        connect(self.address)
-        count, options = self._actor_options()
-        remote_cls = ray.remote(ShardActor).options(**options, max_concurrency=1)
-        threads = 0 if "num_gpus" in options else self.threads
-        make_actor = lambda: remote_cls.remote(task, threads)  # noqa: E731
+        how = connect(self.address)
+        resources = ray.cluster_resources()
+        plan = plan_actors(resources, workers=self.workers, threads=self.threads,
+                           gpus_per_worker=self.gpus_per_worker, device=self.device,
+                           shards=len(shards))
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        log(f"{how}: {nodes} node(s), CPU {resources.get('CPU', 0):g}, "
+            f"GPU {resources.get('GPU', 0):g}; starting {plan.describe()}")
+        run = _Run(self, task, plan, on_result)
+        try:
+            return run.loop(shards)
+        finally:
+            run.shutdown()
 
-        queue = collections.deque(shards)
-        attempts: collections.Counter[int] = collections.Counter()
-        report = RunReport()
-        actors = [make_actor() for _ in range(min(count, len(queue)) or 1)]
-        in_flight: dict = {}  # ObjectRef -> (actor slot, actor, shard)
-        load = collections.Counter()  # actor slot -> shards queued
-        replacements_left = len(actors) * (self.max_retries + 1)
 
-        def submit():
-            for slot, actor in enumerate(actors):
-                while queue and load[slot] < self.max_in_flight:
-                    shard = queue.popleft()
-                    in_flight[actor.run.remote(shard)] = (slot, actor, shard)
-                    load[slot] += 1
+class _Run:
+    """The dispatch loop of one `RayBackend.run`."""
 
-        submit()
-        while in_flight:
-            [ref], _ = ray.wait(list(in_flight), num_returns=1)
-            slot, actor, shard = in_flight.pop(ref)
-            load[slot] -= 1
-            try:
-                result = ray.get(ref)
-            except (RayActorError, RayError) as e:  # the worker process or its node died
-                attempts[shard] += 1
-                error = f"worker lost ({type(e).__name__}): {str(e).splitlines()[0][:300]}"
-                if attempts[shard] <= self.max_retries and replacements_left > 0:
-                    queue.appendleft(shard)
-                else:
-                    report.failed[shard] = error
-                    on_result(ShardResult(shard, error=error))
-                if isinstance(e, RayActorError) and actors[slot] is actor:
-                    ray.kill(actor, no_restart=True)
-                    actors[slot] = make_actor()  # a fresh actor, placed wherever Ray can
-                    replacements_left -= 1
-                submit()
-                continue
-            on_result(result)
-            if result.ok:
-                report.done.append(shard)
+    def __init__(self, backend: RayBackend, task: ShardTask, plan: ActorPlan,
+                 on_result: OnResult):
+        import ray
+
+        # No per-actor runtime_env: an actor may then start in a worker process Ray has
+        # already started. Its thread count is set by torch.set_num_threads in the actor.
+        self.remote_cls = ray.remote(ShardActor).options(**plan.options, max_concurrency=1,
+                                                          max_restarts=0)
+        self.backend, self.task, self.plan, self.on_result = backend, task, plan, on_result
+        self.report = RunReport()
+        self.queue: collections.deque[int] = collections.deque()
+        self.attempts: collections.Counter[int] = collections.Counter()
+        self.refs: dict[Any, tuple[int, int | None]] = {}  # ref -> (slot, shard or None=ready)
+        self.slots: list[_Slot] = []
+        self.replacements_left = plan.count * max(backend.max_retries, 1)
+        self.last_error = ""
+        self.per_worker: collections.Counter[str] = collections.Counter()
+
+    # ------------------------------------------------------------------ actors
+    def _start(self, index: int | None = None) -> None:
+        actor = self.remote_cls.remote(self.task, self.plan.threads, self.plan.use_gpu)
+        slot = _Slot(actor, ready_ref=actor.ready.remote())
+        if index is None:
+            self.slots.append(slot)
+            index = len(self.slots) - 1
+        else:
+            self.slots[index] = slot
+        self.refs[slot.ready_ref] = (index, None)
+
+    def _retire(self, index: int, error: str) -> None:
+        import ray
+
+        slot = self.slots[index]
+        slot.retired, slot.ready = True, False
+        self.last_error = error
+        ray.kill(slot.actor, no_restart=True)
+
+    def _lost(self, index: int, error: BaseException) -> None:
+        """The actor of `index` (or its node) died: requeue its shards, replace it."""
+        import ray
+
+        slot = self.slots[index]
+        reason = one_line(error)
+        lost = [shard for _, shard in slot.outstanding]
+        for ref, _ in slot.outstanding:
+            self.refs.pop(ref, None)
+        slot.outstanding.clear()
+        if slot.ready_ref is not None:
+            self.refs.pop(slot.ready_ref, None)
+        requeue = []
+        if lost:  # the first was running; the others only waited behind it
+            running = lost[0]
+            self.attempts[running] += 1
+            if self.attempts[running] > self.backend.max_retries:
+                self._fail(running, f"worker lost {self.attempts[running]} time(s), retries "
+                                    f"exhausted; last: {reason}")
             else:
-                report.failed[shard] = result.error
-            submit()
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-        return report
+                requeue.append(running)
+            requeue += lost[1:]
+        self.queue.extendleft(reversed(requeue))
+        name = slot.info.get("worker", f"worker {index}")
+        init_failed = bool(getattr(error, "actor_init_failed", False))
+        ray.kill(slot.actor, no_restart=True)
+        if init_failed or self.replacements_left <= 0:
+            self._retire(index, f"worker could not start: {reason}" if init_failed else reason)
+            log(f"{name} lost ({reason}); shards {requeue} requeued; not replaced")
+            return
+        self.replacements_left -= 1
+        log(f"{name} lost ({reason}); shards {requeue} requeued; starting a replacement")
+        self._start(index)
+
+    # ------------------------------------------------------------------ shards
+    def _fail(self, shard: int, error: str) -> None:
+        self.report.failed[shard] = error
+        self.on_result(ShardResult(shard, error=error))
+
+    def _dispatch(self) -> None:
+        """Fill ready actors level by level: each gets one shard before any gets two."""
+        for level in range(self.backend.max_in_flight):
+            for index, slot in enumerate(self.slots):
+                if self.queue and slot.ready and len(slot.outstanding) <= level:
+                    shard = self.queue.popleft()
+                    ref = slot.actor.run.remote(shard)
+                    slot.outstanding.append((ref, shard))
+                    self.refs[ref] = (index, shard)
+
+    def _on_ready(self, index: int, ref) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        slot = self.slots[index]
+        slot.ready_ref = None
+        try:
+            info = ray.get(ref)
+        except RayError as e:
+            self._lost(index, e)
+            return
+        slot.info = info
+        if info["error"]:
+            self._retire(index, f"worker could not start on {info['worker']}: {info['error']}")
+            log(f"{self.last_error}; retired")
+            return
+        slot.ready = True
+        gpus = f", GPU {','.join(info['gpus'])}" if info["gpus"] else ""
+        log(f"worker {index} ready on {info['worker']} (device {info['device']}{gpus}, "
+            f"{info['threads']} thread(s))")
+
+    def _on_result(self, index: int, shard: int, ref) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayError, RayTaskError
+
+        slot = self.slots[index]
+        try:
+            result = ray.get(ref)
+        except RayTaskError as e:  # raised past run_shard_safely (e.g. SystemExit): not retried
+            slot.outstanding = collections.deque(o for o in slot.outstanding if o[0] != ref)
+            self._fail(shard, one_line(e))
+            return
+        except (RayActorError, RayError) as e:  # the actor's process or its node died
+            self._lost(index, e)
+            return
+        slot.outstanding = collections.deque(o for o in slot.outstanding if o[0] != ref)
+        self.on_result(result)
+        if result.ok:
+            self.report.done.append(shard)
+            self.per_worker[result.worker] += 1
+        else:
+            self.report.failed[shard] = result.error
+
+    def loop(self, shards: Sequence[int]) -> RunReport:
+        import ray
+
+        self.queue.extend(shards)
+        for _ in range(self.plan.count):
+            self._start()
+        last_log = time.monotonic()
+        while self.queue or any(s.outstanding for s in self.slots):
+            if not self.refs:  # every actor retired: nothing can run the rest
+                for shard in list(self.queue):
+                    self._fail(shard, self.last_error or "no worker left")
+                self.queue.clear()
+                break
+            done, _ = ray.wait(list(self.refs), num_returns=1, timeout=WAIT_LOG_SECONDS)
+            if not done:
+                if not any(s.ready for s in self.slots) and time.monotonic() - last_log > 1:
+                    log(f"waiting for resources: 0 of {len(self.slots)} workers started "
+                        f"(each needs {self.plan.resources()})")
+                    last_log = time.monotonic()
+                continue
+            index, shard = self.refs.pop(done[0])
+            if shard is None:
+                self._on_ready(index, done[0])
+            else:
+                self._on_result(index, shard, done[0])
+            self._dispatch()
+        if self.per_worker:
+            log("shards done per worker: " + ", ".join(
+                f"{w} {n}" for w, n in sorted(self.per_worker.items())))
+        return self.report
+
+    def shutdown(self) -> None:
+        import ray
+
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)

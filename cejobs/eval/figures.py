@@ -35,7 +35,8 @@ def plot_distance_histograms(path, stores: dict, bins: int = 40) -> Path:
     """Paper figs. 2 and 5: density histograms of the L2 and L0 distances of different-class
     CEs, one curve per store, on shared bins. stores: label -> (l2, l0, same_class_mask),
     arrays of one shape (e.g. (N, K))."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = Figure(figsize=(11, 4.2 + (0.2 * len(stores) if len(stores) > 3 else 0)),
+                 layout="constrained")
     axes = fig.subplots(1, 2)
     titles = (("L2 distance", "L2 = ||x - x_CE||_2 (image space)"),
               ("L0 distance", "L0 = fraction of the C*H*W elements with |x - x_CE| > 0.02"))
@@ -55,7 +56,11 @@ def plot_distance_histograms(path, stores: dict, bins: int = 40) -> Path:
         ax.set_title(f"Different-class CEs: {title}", fontsize=11)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
-        ax.legend(fontsize=8.5, frameon=False)
+        if len(stores) <= 3:
+            ax.legend(fontsize=8.5, frameon=False)
+        else:  # below the panel, so that it hides no curve
+            ax.legend(fontsize=8.5, frameon=False, loc="upper center",
+                      bbox_to_anchor=(0.5, -0.16))
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -100,37 +105,47 @@ def plot_confidence_vs_distance(path, per_classifier: dict, ncols: int = 3) -> P
 
 def plot_accuracy_bars(path, table) -> Path:
     """Paper fig. 4: grouped bars of clean, same-class CE and different-class CE accuracy per
-    classifier, and a second panel of probability source predicted. table: a DataFrame (or
-    records) with report.accuracy_table's columns classifier, clean_accuracy,
-    ce_accuracy_same, ce_accuracy_different, prob_source_predicted (and store)."""
+    classifier, and a second panel of probability source predicted; one row of panels per
+    store. table: a DataFrame (or records) with report.accuracy_table's columns classifier,
+    clean_accuracy, ce_accuracy_same, ce_accuracy_different, prob_source_predicted (and
+    store)."""
     df = pd.DataFrame(table)
-    many = "store" in df and df["store"].nunique() > 1
-    labels = [f"{c}\n({s})" if many else str(c)
-              for c, s in zip(df["classifier"], df.get("store", df["classifier"]))]
-    x = np.arange(len(df))
-    fig = Figure(figsize=(max(8.0, 1.5 * len(df) + 5), 4.4), layout="constrained")
-    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    stores = list(dict.fromkeys(df["store"])) if "store" in df else [None]
+    width_n = max(len(df) if s is None else int((df["store"] == s).sum()) for s in stores)
+    fig = Figure(figsize=(max(8.0, 1.3 * width_n + 4), 2.9 * len(stores) + 1.0),
+                 layout="constrained")
+    axes = fig.subplots(len(stores), 2, gridspec_kw={"width_ratios": [2, 1]}, squeeze=False)
     series = (("clean_accuracy", "clean sources"), ("ce_accuracy_same", "same-class CEs"),
               ("ce_accuracy_different", "different-class CEs"))
     width = 0.8 / len(series)
-    for i, (col, name) in enumerate(series):
-        vals = 100 * pd.to_numeric(df[col], errors="coerce").to_numpy(float)
-        bars = ax.bar(x + (i - 1) * width, np.nan_to_num(vals), width, label=name, color=f"C{i}")
-        ax.bar_label(bars, labels=[("n/a" if np.isnan(v) else f"{v:.0f}") for v in vals],
-                     fontsize=7.5, padding=1)
-    ax.set_title("Accuracy (argmax = label for sources, = target for CEs)", fontsize=11)
-    vals = 100 * pd.to_numeric(df["prob_source_predicted"], errors="coerce").to_numpy(float)
-    bars = ax2.bar(x, np.nan_to_num(vals), 0.6, color="C4")
-    ax2.bar_label(bars, labels=[("n/a" if np.isnan(v) else f"{v:.1f}") for v in vals],
-                  fontsize=8, padding=1)
-    ax2.set_title("Prob. source predicted\n(different-class CEs, source correct)", fontsize=11)
-    for a in (ax, ax2):
-        a.set_xticks(x, labels, fontsize=9)
-        a.set_ylim(0, 109)
-        a.set_ylabel("%")
-        a.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8.5, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.14 if many
-              else -0.09), frameon=False)
+    for (ax, ax2), store in zip(axes, stores):
+        sub = df if store is None else df[df["store"] == store]
+        x = np.arange(len(sub))
+        for i, (col, name) in enumerate(series):
+            vals = 100 * pd.to_numeric(sub[col], errors="coerce").to_numpy(float)
+            bars = ax.bar(x + (i - 1) * width, np.nan_to_num(vals), width, label=name,
+                          color=f"C{i}")
+            ax.bar_label(bars, labels=[("n/a" if np.isnan(v) else f"{v:.0f}") for v in vals],
+                         fontsize=7.5, padding=1)
+        vals = 100 * pd.to_numeric(sub["prob_source_predicted"], errors="coerce").to_numpy(float)
+        bars = ax2.bar(x, np.nan_to_num(vals), 0.6, color="C4")
+        ax2.bar_label(bars, labels=[("n/a" if np.isnan(v) else f"{v:.1f}") for v in vals],
+                      fontsize=8, padding=1)
+        where = f"{store}: " if store is not None and len(stores) > 1 else ""
+        ax.set_title(f"{where}\naccuracy" if where else "accuracy", fontsize=11)
+        ax2.set_title(f"{where}\nprob. source predicted" if where else "prob. source predicted",
+                      fontsize=11)
+        for a in (ax, ax2):
+            a.set_xticks(x, [str(c) for c in sub["classifier"]], fontsize=9)
+            a.set_ylim(0, 109)
+            a.set_ylabel("%")
+            a.grid(axis="y", alpha=0.3)
+    fig.suptitle("Accuracy: argmax = label for sources, = target for CEs.  Prob. source "
+                 "predicted: different-class CEs\nof correctly classified sources whose argmax "
+                 "is the source label", fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8.5,
+               frameon=False)
     return _save(fig, path)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def save_checkpoint(
     }
     if extra is not None:
         payload["extra"] = extra
+    _check_plain(payload, "checkpoint")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -98,6 +100,24 @@ def save_checkpoint(
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(obj, where: str) -> None:
+    """Raise TypeError unless obj is made of what weights_only loading accepts without allow-lists."""
+    if type(obj) in _PLAIN or isinstance(obj, torch.Tensor):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+    elif type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    else:
+        raise TypeError(f"checkpoint entry {where} has type {type(obj).__name__}; use plain types")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -79,8 +79,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        for pe, p in zip(self.model.parameters(), model.parameters()):
-            pe.lerp_(p.detach(), 1.0 - d)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
         for be, b in zip(self.model.buffers(), model.buffers()):
             be.copy_(b)
         self.updates += 1

@@ -1,0 +1,274 @@
+"""The Ray backend on a real local cluster: `ray job submit`, worker death, stop and resubmit,
+a NaN shard, an unwritable store, and one worker per (fake) GPU.
+
+Every job runs the same tiny generation (6 shards) as one `--backend local` run, so each test
+checks its store against that run array for array. The cluster tests are marked `ray_cluster`;
+the planning helpers at the top need no cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from cejobs.backends.ray_backend import actor_device, one_line, plan_actors
+from cejobs.config import ConfigError
+from cejobs.models import UNET_PRESETS, UNet
+from cejobs.models.checkpoint import save_checkpoint
+from cejobs.store import CEStore
+from tests.conftest import run_module
+
+SHARDS, SHARD_SIZE, STEPS = 6, 2, 40  # about 2 s a shard on one thread of this machine
+DATA_ARRAYS = ("source/x", "source/y", "source/index", "ce/x", "ce/target", "ce/l2", "ce/l0",
+               "shard/done")
+
+
+def gen_args(model: Path, store: Path, *extra: str, sources: int = SHARDS * SHARD_SIZE,
+             steps: int = STEPS) -> list[str]:
+    return ["--model", str(model), "--sources", str(sources), "--shard-size", str(SHARD_SIZE),
+            "--steps", str(steps), "--store", str(store), "--no-progress", *extra]
+
+
+def job(*args: str) -> list[str]:
+    """The entrypoint of a generate job (this interpreter: the cluster runs on this machine)."""
+    return [sys.executable, "-m", "cejobs.generate", "--backend", "ray", *args]
+
+
+def assert_same_store(path: Path, reference: Path) -> None:
+    a, b = zarr.open_group(str(path), mode="r"), zarr.open_group(str(reference), mode="r")
+    for name in DATA_ARRAYS:
+        x, y = a[name][...], b[name][...]
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert np.array_equal(x, y), f"{name} differs from the --backend local run"
+    assert a["shard/done"][...].all()
+
+
+def done_count(store: Path) -> int:
+    try:
+        return int(zarr.open_array(str(store), path="shard/done", mode="r")[...].sum())
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def local_store(tiny_models, tmp_path_factory) -> Path:
+    """The reference: the same run on `--backend local`, one thread like each Ray CPU actor
+    (test_thread_count_does_not_change_ces checks that the thread count changes no bit)."""
+    store = tmp_path_factory.mktemp("local") / "local.zarr"
+    run_module("cejobs.generate", "--backend", "local", "--threads", "1",
+               *gen_args(tiny_models["diffusion"], store))
+    return store
+
+
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory) -> Path:
+    """A tiny diffusion checkpoint whose weights are all NaN: every CE comes out NaN."""
+    kwargs = dict(UNET_PRESETS["tiny"])
+    net = UNet(**kwargs)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(float("nan"))
+    path = tmp_path_factory.mktemp("nan") / "nan.pt"
+    save_checkpoint(path, net, kind="diffusion", arch="unet", arch_kwargs=kwargs,
+                    meta={"dataset": "digits"})
+    return path
+
+
+# ---------------------------------------------------------------------- no cluster needed
+def test_plan_one_actor_per_gpu_and_fractions():
+    plan = plan_actors({"CPU": 64, "GPU": 8}, workers=0, threads=0, gpus_per_worker=1.0,
+                       device="auto", shards=100)
+    assert (plan.count, plan.use_gpu, plan.options) == (8, True, {"num_gpus": 1.0, "num_cpus": 1.0})
+    plan = plan_actors({"CPU": 64, "GPU": 8}, workers=0, threads=0, gpus_per_worker=0.5,
+                       device="auto", shards=100)
+    assert plan.count == 16 and plan.options["num_gpus"] == 0.5
+    plan = plan_actors({"CPU": 64, "GPU": 8}, workers=0, threads=0, gpus_per_worker=1.0,
+                       device="auto", shards=3)
+    assert plan.count == 3  # never more actors than shards
+
+
+def test_plan_cpu_workers():
+    plan = plan_actors({"CPU": 16}, workers=0, threads=4, gpus_per_worker=1.0, device="auto",
+                       shards=100)
+    assert (plan.count, plan.use_gpu, plan.threads, plan.options) == (4, False, 4, {"num_cpus": 4.0})
+    plan = plan_actors({"CPU": 16, "GPU": 2}, workers=0, threads=2, gpus_per_worker=1.0,
+                       device="cpu", shards=100)
+    assert (plan.count, plan.use_gpu) == (8, False)  # --device cpu: CPU actors on a GPU cluster
+    plan = plan_actors({"CPU": 2}, workers=5, threads=1, gpus_per_worker=1.0, device="auto",
+                       shards=100)
+    assert plan.count == 5 and plan.fits == 2 and "room for 2" in plan.describe()
+    with pytest.raises(ConfigError, match="no GPUs"):
+        plan_actors({"CPU": 2}, workers=0, threads=1, gpus_per_worker=1.0, device="cuda",
+                    shards=1)
+
+
+def test_actor_device_and_one_line(monkeypatch):
+    monkeypatch.delenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", raising=False)
+    assert actor_device("auto", [], True) == "cpu"
+    assert actor_device("cpu", ["0"], True) == "cpu"
+    assert actor_device("auto", ["3"], True) == "cuda"  # Ray narrowed CUDA_VISIBLE_DEVICES
+    assert actor_device("auto", ["3"], False) == "cpu"  # a fake GPU: compute on CPU
+    monkeypatch.setenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "1")
+    assert actor_device("cuda:0", ["3"], True) == "cuda:3"
+    text = "ray::ShardActor.run()\n  File \"x.py\", line 1\nShardError: shard 2: NaN\n"
+    assert one_line(text) == "ShardError: shard 2: NaN"
+
+
+def test_thread_count_does_not_change_ces(tmp_path):
+    """1 and 2 torch threads give bit-equal CEs: Ray CPU actors (1 thread) and a local run
+    (all cores) agree. Uses the digits preset, wide enough for torch to split its kernels."""
+    from cejobs.generate import main
+
+    kwargs = dict(UNET_PRESETS["digits"])
+    torch.manual_seed(0)
+    net = UNet(**kwargs)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(std=0.05)
+    model = tmp_path / "digits.pt"
+    save_checkpoint(model, net, kind="diffusion", arch="unet", arch_kwargs=kwargs,
+                    meta={"dataset": "digits"})
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            assert main(["--backend", "local", "--threads", str(threads), "--model", str(model),
+                         "--sources", "4", "--shard-size", "4", "--steps", "3", "--no-progress",
+                         "--store", str(tmp_path / f"t{threads}.zarr")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    a, b = (zarr.open_group(str(tmp_path / f"t{t}.zarr"), mode="r") for t in (1, 2))
+    for name in ("ce/x", "ce/l2", "ce/l0"):
+        assert np.array_equal(a[name][...], b[name][...]), name
+
+
+# ---------------------------------------------------------------------- real cluster
+pytestmark_cluster = pytest.mark.ray_cluster
+
+
+@pytestmark_cluster
+def test_job_submit_matches_local(ray_cluster, tiny_models, local_store, tmp_path):
+    store = tmp_path / "ray.zarr"
+    sid = f"cejobs-submit-{uuid.uuid4().hex[:8]}"
+    r = ray_cluster.submit(job(*gen_args(tiny_models["diffusion"], store)), submission_id=sid)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert f"{SHARDS} of {SHARDS} shards to run on backend 'ray'" in out
+    assert "joined the cluster" in out and "2 CPU worker(s)" in out, out
+    assert ray_cluster.jobs().get_job_info(sid).driver_exit_code == 0
+    assert_same_store(store, local_store)
+
+
+@pytestmark_cluster
+def test_unwritable_store_is_one_clear_line(ray_cluster, tiny_models, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store's parent folder should be")
+    sid = f"cejobs-unwritable-{uuid.uuid4().hex[:8]}"
+    r = ray_cluster.submit(job(*gen_args(tiny_models["diffusion"], blocker / "s.zarr")),
+                           submission_id=sid)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    line = (f"error: cannot write the store at {blocker / 's.zarr'}: {blocker} is a file, not "
+            f"a folder (choose a writable --store on storage every worker shares)")
+    assert line in out, out
+    assert "Traceback" not in out, out
+    assert ray_cluster.jobs().get_job_info(sid).driver_exit_code == 2
+
+
+@pytestmark_cluster
+def test_worker_killed_mid_shard_is_retried(ray_cluster, tiny_models, local_store, tmp_path):
+    store = tmp_path / "killed.zarr"
+    sid = f"cejobs-kill-{uuid.uuid4().hex[:8]}"
+    r = ray_cluster.submit(job(*gen_args(tiny_models["diffusion"], store)), submission_id=sid,
+                           wait=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: done_count(store) >= 1, 240, "a first shard")
+    victim = wait_for(lambda: ray_cluster.actors(state="ALIVE"), 30, "an alive ShardActor")[0]
+    done_at_kill = done_count(store)
+    os.kill(victim["pid"], signal.SIGKILL)  # mid-shard: every actor has shards queued
+    assert ray_cluster.wait_job(sid) == "SUCCEEDED", ray_cluster.jobs().get_job_logs(sid)
+    logs = ray_cluster.jobs().get_job_logs(sid)
+    assert done_at_kill < SHARDS
+    assert re.search(r"lost \(.*\); shards \[\d+(, \d+)*\] requeued; starting a replacement",
+                     logs), logs
+    assert f"{SHARDS}/{SHARDS} shards done" in logs
+    assert_same_store(store, local_store)
+
+
+@pytestmark_cluster
+def test_job_stop_then_resubmit_runs_only_unfinished(ray_cluster, tiny_models, local_store,
+                                                      tmp_path):
+    store = tmp_path / "stopped.zarr"
+    args = job(*gen_args(tiny_models["diffusion"], store))
+    first = f"cejobs-stop-{uuid.uuid4().hex[:8]}"
+    assert ray_cluster.submit(args, submission_id=first, wait=False).returncode == 0
+    wait_for(lambda: done_count(store) >= 1, 240, "a first shard")
+    r = ray_cluster.cli("job", "stop", "--address", ray_cluster.dashboard_url, first)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ray_cluster.wait_job(first) == "STOPPED"
+    wait_for(lambda: not ray_cluster.actors(state="ALIVE"), 60, "the job's actors to exit")
+
+    s = CEStore.open(store)
+    done = [int(i) for i in np.flatnonzero(s.done())]
+    assert 1 <= len(done) < SHARDS, f"stop came too late: {done}"
+    chunks = [s.chunk_path(name, shard) for name in s.attrs["arrays"] for shard in done]
+    mtimes = {p: p.stat().st_mtime_ns for p in chunks}
+
+    second = f"cejobs-resume-{uuid.uuid4().hex[:8]}"
+    r = ray_cluster.submit(args, submission_id=second)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert f"{SHARDS - len(done)} of {SHARDS} shards to run" in out, out
+    assert {p: p.stat().st_mtime_ns for p in chunks} == mtimes  # done shards left alone
+    assert_same_store(store, local_store)
+
+
+@pytestmark_cluster
+def test_nan_shard_is_reported_and_not_done(ray_cluster, nan_model, tmp_path):
+    store = tmp_path / "nan.zarr"
+    sid = f"cejobs-nan-{uuid.uuid4().hex[:8]}"
+    r = ray_cluster.submit(job(*gen_args(nan_model, store, sources=2 * SHARD_SIZE, steps=2)),
+                           submission_id=sid)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    for shard in (0, 1):
+        assert re.search(rf"shard {shard} failed: ShardError: shard {shard}: 40 of 40 CEs are "
+                         rf"not finite", out), out
+    assert "incomplete: 2 shard(s) not done" in out and "requeued" not in out, out
+    assert ray_cluster.jobs().get_job_info(sid).driver_exit_code == 1
+    assert not CEStore.open(store).done().any()
+
+
+@pytestmark_cluster
+def test_fake_gpus_get_one_worker_each(ray_gpu_cluster, tiny_models, tmp_path):
+    store = tmp_path / "gpu.zarr"
+    sid = f"cejobs-gpu-{uuid.uuid4().hex[:8]}"
+    r = ray_gpu_cluster.submit(job(*gen_args(tiny_models["diffusion"], store, sources=8,
+                                             steps=5)), submission_id=sid)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "2 GPU worker(s), GPU 1, CPU 1" in out, out
+    gpus = re.findall(r"worker \d ready on \S+ \(device cpu, GPU (\d+),", out)
+    assert sorted(gpus) == ["0", "1"], out  # no CUDA here: the actors compute on CPU
+    actors = ray_gpu_cluster.actors(detail=True)
+    assert len(actors) == 2 and len({a["pid"] for a in actors}) == 2, actors
+    assert all(a["required_resources"].get("GPU") == 1 for a in actors), actors
+    assert CEStore.open(store).done().all()

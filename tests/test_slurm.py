@@ -1,0 +1,415 @@
+"""SLURM: shard claims, `sbatch slurm/gen_ce.sh`, and `--backend slurm` (submitit).
+
+The claim tests need no cluster. The others run on the real local single-node SLURM
+(slurm/local/cluster.sh, fixture `slurm_cluster`): tiny seeded model, a config and stores
+in a folder whose name has spaces, 1 CPU and a fake GPU per task. Every finished store must be
+array-equal to a `--backend local` run of the same config (threads pinned to 1 in both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from cejobs.claims import (ClaimBoard, Interrupted, Owner, SlurmJobs, Stopper, claims_root,
+                           pending_shards)
+from cejobs.store import CEStore, Layout, create_or_open, generation_arrays
+from cejobs.tasks import ShardTask
+from tests.conftest import REPO, run_module
+from tests.slurm_fixtures import SlurmCluster
+
+SOURCES, SHARD_SIZE, STEPS = 8, 2, 100  # 4 shards of 20 CEs, seconds each on 1 thread
+SHARDS = SOURCES // SHARD_SIZE
+TASK_FLAGS = ["--cpus-per-task=1", "--mem=1G", "--time=15"]  # the local node has 2 CPUs
+COMPARED = ("source/x", "source/y", "source/index", "ce/x", "ce/target", "ce/l2", "ce/l0",
+            "shard/done")
+DONE_LINE = re.compile(r"cejobs: shard (\d+) done in")
+
+
+# ============================================================================ claims (no SLURM)
+def _claimer(root: Path, script: str) -> subprocess.Popen:
+    """A second process that uses cejobs.claims on `root`; it reads commands on stdin."""
+    code = textwrap.dedent(f"""
+        import json, os, sys
+        from cejobs.claims import ClaimBoard, Owner
+        board = ClaimBoard({str(root)!r}, Owner.current(run="other"), lease_s=3600)
+    """) + textwrap.dedent(script)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for key in [k for k in env if k.startswith("SLURM_")]:
+        env.pop(key)  # an owner outside SLURM, whatever runs the tests
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_two_processes_never_claim_the_same_shard(tmp_path: Path) -> None:
+    script = """
+        print("ready", flush=True)
+        sys.stdin.readline()
+        print(json.dumps([s for s in range(300) if board.try_claim(s)]), flush=True)
+    """
+    procs = [_claimer(tmp_path, script) for _ in range(2)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    for p in procs:  # both race from (nearly) the same moment
+        p.stdin.write("\n")
+        p.stdin.flush()
+    got = [set(json.loads(p.communicate(timeout=60)[0])) for p in procs]
+    assert got[0] and got[1], "the two processes raced"
+    assert not got[0] & got[1]
+    assert got[0] | got[1] == set(range(300))
+
+
+def test_claim_of_dead_process_is_stale_and_taken_over(tmp_path: Path) -> None:
+    proc = _claimer(tmp_path, "board.try_claim(0); os._exit(0)  # dies holding the claim\n")
+    proc.wait(timeout=60)
+    me = ClaimBoard(tmp_path, Owner.current(run="me"), lease_s=3600, slurm=SlurmJobs())
+    info = me.read(0)
+    assert info is not None and info.owner.pid == proc.pid
+    assert me.stale_reason(info) == f"owner process {proc.pid} on this host is gone"
+    claim, why = me.acquire([0])
+    assert claim.shard == 0 and why.startswith(f"owner process {proc.pid}")
+    assert me.read(0).owner.pid == os.getpid()
+
+
+def test_live_claim_is_kept_until_its_lease_expires_then_taken_over(tmp_path: Path) -> None:
+    proc = _claimer(tmp_path, """
+        claim = board.try_claim(5)
+        print("claimed", flush=True)
+        sys.stdin.readline()
+        print(json.dumps(claim.held()), flush=True)
+        claim.release()  # no longer ours: must not remove the new owner's claim
+        print("released", flush=True)
+        sys.stdin.readline()
+    """)
+    assert proc.stdout.readline().strip() == "claimed"
+    me = ClaimBoard(tmp_path, Owner.current(run="me"), lease_s=60)
+    assert me.try_claim(5) is None
+    assert me.acquire([5]) is None  # owner alive, heartbeat fresh
+    old = time.time() - 120
+    os.utime(tmp_path / "5", (old, old))  # its heartbeat stopped two minutes ago
+    assert me.stale_reason(me.read(5)).startswith("no heartbeat for 1")
+    claim, why = me.acquire([5])
+    assert claim is not None and why.startswith("no heartbeat")
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline()) is False  # the old owner sees it lost the claim
+    assert proc.stdout.readline().strip() == "released"
+    assert claim.held()
+    claim.release()
+    assert not (tmp_path / "5").exists()
+    proc.communicate("\n", timeout=30)
+
+
+def test_requeued_job_clears_claims_of_its_earlier_run(tmp_path: Path) -> None:
+    first = Owner("node1", 11, run="42", job="43", task="42_1", restart=0)
+    again = dataclasses.replace(first, pid=12, restart=1)
+    other = Owner("node2", 13, run="42", job="44", task="42_2", restart=0)
+    ClaimBoard(tmp_path, first).try_claim(1)
+    ClaimBoard(tmp_path, other).try_claim(2)
+    board = ClaimBoard(tmp_path, again, slurm=SlurmJobs())
+    assert board.clear_own_leftovers() == [1]
+    assert not (tmp_path / "1").exists() and (tmp_path / "2").exists()
+
+
+def test_failures_are_counted_per_run(tmp_path: Path) -> None:
+    a = ClaimBoard(tmp_path, Owner("h", 1, run="run-a"))
+    b = ClaimBoard(tmp_path, Owner("h", 2, run="run b"))
+    a.record_failure(3, "boom 1")
+    a.record_failure(3, "boom 2")
+    b.record_failure(4, "other")
+    assert a.failures("run-a") == {3: ["boom 1", "boom 2"]}
+    assert a.failures() == {3: ["boom 1", "boom 2"], 4: ["other"]}
+
+
+def _tiny_store(path: Path) -> CEStore:
+    layout = Layout(num_sources=4, ces_per_source=2, num_classes=2, image_shape=(1, 2, 2),
+                    shard_size=2)
+    return create_or_open(path, {"seed": 0}, layout, generation_arrays(), {"config": {}})
+
+
+def _shard_data(n: int = 2) -> dict[str, np.ndarray]:
+    return {"source/x": np.zeros((n, 1, 2, 2), np.float32), "source/y": np.zeros(n, np.int64),
+            "source/index": np.arange(n), "ce/x": np.ones((n, 2, 1, 2, 2), np.float32),
+            "ce/target": np.zeros((n, 2), np.int64), "ce/l2": np.ones((n, 2), np.float32),
+            "ce/l0": np.ones((n, 2), np.float32)}
+
+
+def test_stop_signal_abandons_a_computing_shard_but_not_a_commit(tmp_path: Path) -> None:
+    previous = signal.getsignal(signal.SIGUSR2)
+    try:
+        stopper = Stopper().install([signal.SIGUSR2])
+        with pytest.raises(Interrupted):
+            with stopper.computing():
+                os.kill(os.getpid(), signal.SIGUSR2)
+                time.sleep(5)  # computing: the signal interrupts this
+        assert stopper.reason == "SIGUSR2"
+
+        store = _tiny_store(tmp_path / "s.zarr")
+        stopper = Stopper().install([signal.SIGUSR2])
+        real = store.remove_leftovers
+
+        def signal_mid_commit(shard, names):  # called inside CEStore.write_shard
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.2)
+            real(shard, names)
+
+        store.remove_leftovers = signal_mid_commit
+        with stopper.computing():
+            store.write_shard(1, _shard_data())  # completes despite the signal
+        assert stopper.reason == "SIGUSR2"
+        assert store.done().tolist() == [False, True]
+        task = ShardTask("generate", str(store.path), {})
+        assert pending_shards(store, task) == [0]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+# ============================================================================ helpers (SLURM)
+def _config(folder: Path, model: Path) -> Path:
+    config = folder / "tiny config.toml"
+    config.write_text(textwrap.dedent(f"""\
+        dataset = "digits"
+        sources = {SOURCES}
+        shard_size = {SHARD_SIZE}
+        steps = {STEPS}
+        per_class = 1
+        threads = 1
+        model = "{model}"
+        store = "{folder / 'default store.zarr'}"
+    """))
+    return config
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_models) -> dict[str, Path]:
+    """A folder with spaces holding the config, and the reference store of a local run."""
+    folder = tmp_path_factory.mktemp("slurm") / "dir with spaces"
+    folder.mkdir()
+    config = _config(folder, tiny_models["diffusion"])
+    reference = folder / "reference.zarr"
+    run_module("cejobs.generate", "--config", config, "--backend", "local", "--store", reference,
+               "--no-progress", timeout=300)
+    return {"folder": folder, "config": config, "reference": reference}
+
+
+def _job_env(cluster: SlurmCluster) -> SlurmCluster:
+    """The cluster helper with an environment that jobs inherit: this Python and this repo."""
+    env = {**cluster.env, "PYTHONPATH": str(REPO), "CEJOBS_PYTHON": sys.executable,
+           "PYTHONUNBUFFERED": "1"}
+    return dataclasses.replace(cluster, env=env)
+
+
+def _assert_equal_stores(store: Path, reference: Path) -> None:
+    a = zarr.open_group(str(store), mode="r")
+    b = zarr.open_group(str(reference), mode="r")
+    for name in COMPARED:
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name, strict=True)
+
+
+def _done(store: Path) -> set[int]:
+    try:
+        return {int(s) for s in np.flatnonzero(CEStore.open(store).done())}
+    except Exception:  # not created yet
+        return set()
+
+
+def _chunk_mtimes(store: Path, shards: set[int]) -> dict[str, int]:
+    """mtime_ns of every chunk file of the given shards."""
+    s = CEStore.open(store)
+    return {f"{name}:{shard}": s.chunk_path(name, shard).stat().st_mtime_ns
+            for name in s.attrs["arrays"] for shard in shards}
+
+
+def _wait_until(what: str, condition, timeout: float, cluster: SlurmCluster, job: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached after {timeout}s; job {job}: "
+                               f"{cluster.job_states(job)}")
+        time.sleep(0.2)
+
+
+def _running_claims(claims: Path, age_s: float = 0.5) -> list[dict]:
+    """Claims held for at least `age_s` (so their shard is computing, not committing)."""
+    out = []
+    if not claims.is_dir():
+        return out
+    for p in claims.iterdir():
+        try:
+            if p.name.isdigit() and time.time() - p.stat().st_mtime > age_s:
+                out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _done_counts(logs: list[Path]) -> dict[int, int]:
+    """How many times each shard was reported done, over the given task logs."""
+    counts: dict[int, int] = {}
+    for log in logs:
+        for m in DONE_LINE.finditer(log.read_text()):
+            counts[int(m[1])] = counts.get(int(m[1]), 0) + 1
+    return counts
+
+
+def _submit(cluster: SlurmCluster, work: dict, store: Path, array: str) -> str:
+    return cluster.sbatch([f"--array={array}", *TASK_FLAGS, str(REPO / "slurm" / "gen_ce.sh"),
+                           str(work["config"]), "--store", str(store)], cwd=work["folder"])
+
+
+def _task_logs(folder: Path, job: str) -> list[Path]:
+    return sorted(folder.glob(f"cejobs-gen-{job}_*.out"))
+
+
+def _summary_job(logs: list[Path]) -> str:
+    ids = {m[1] for log in logs for m in re.finditer(r"summary job (\d+) runs after", log.read_text())}
+    assert len(ids) == 1, f"one summary job per array, got {ids}"
+    return ids.pop()
+
+
+# ============================================================================ sbatch
+@pytest.mark.slurm
+def test_sbatch_array_completes_equal_to_local_run(slurm_cluster: SlurmCluster, work) -> None:
+    cluster = _job_env(slurm_cluster)
+    store = work["folder"] / "sbatch store.zarr"
+    job = _submit(cluster, work, store, "0-1")
+    states = cluster.wait(job, timeout=240)
+    logs = _task_logs(work["folder"], job)
+    assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, [p.read_text() for p in logs]
+    _assert_equal_stores(store, work["reference"])
+    assert _done_counts(logs) == {s: 1 for s in range(SHARDS)}  # both tasks shared the work
+    assert all(DONE_LINE.search(p.read_text()) for p in logs)
+
+    summary = _summary_job(logs)
+    assert cluster.wait(summary, timeout=180) == {summary: "COMPLETED"}
+    out = (work["folder"] / f"cejobs-gen-summary-{summary}.out").read_text()
+    assert f"verify: all {SHARDS} done shards read back intact" in out
+    assert f"{SHARDS}/{SHARDS} shards done (100%)" in out
+    assert not (store / "claims").exists()  # cleaned up once complete
+
+
+@pytest.mark.slurm
+def test_sbatch_cancel_then_resubmit_runs_only_unfinished_shards(slurm_cluster: SlurmCluster,
+                                                                 work) -> None:
+    cluster = _job_env(slurm_cluster)
+    folder, store = work["folder"], work["folder"] / "cancelled store.zarr"
+    first = _submit(cluster, work, store, "0")
+    _wait_until("a shard done", lambda: _done(store), 180, cluster, first)
+    cluster.scancel(first)
+    cluster.wait(first, timeout=60)
+    done_before = _done(store)
+    assert 1 <= len(done_before) < SHARDS
+    assert not [p for p in claims_root(store, "shard").iterdir() if p.name.isdigit()], \
+        "scancel's SIGTERM releases the running shard's claim"
+    mtimes = _chunk_mtimes(store, done_before)
+    summary = _summary_job(_task_logs(folder, first))  # afterany: runs after the cancel too
+    cluster.wait(summary, timeout=180)
+    out = (folder / f"cejobs-gen-summary-{summary}.out").read_text()
+    assert f"incomplete: {SHARDS - len(done_before)} shard(s) not done" in out
+
+    second = _submit(cluster, work, store, "0-1")
+    states = cluster.wait(second, timeout=240)
+    assert set(states.values()) == {"COMPLETED"}, states
+    assert set(_done_counts(_task_logs(folder, second))) == set(range(SHARDS)) - done_before
+    assert _chunk_mtimes(store, done_before) == mtimes  # finished shards were not rewritten
+    _assert_equal_stores(store, work["reference"])
+
+
+@pytest.mark.slurm
+def test_sbatch_usr2_requeues_task_which_continues(slurm_cluster: SlurmCluster, work) -> None:
+    cluster = _job_env(slurm_cluster)
+    folder, store = work["folder"], work["folder"] / "preempted store.zarr"
+    job = _submit(cluster, work, store, "0")
+    claims = claims_root(store, "shard")
+    _wait_until("a shard done, the next one running",
+                lambda: _done(store) and _running_claims(claims), 180, cluster, job)
+    cluster.scancel("--signal=USR2", "--batch", f"{job}_0")  # what --signal=B:USR2@120 sends
+    signalled = time.time()
+    _wait_until("the requeue", lambda: "requeued job" in _task_logs(folder, job)[0].read_text(),
+                60, cluster, job)
+    done_before = _done(store)
+    mtimes = _chunk_mtimes(store, done_before)
+    states = cluster.wait(job, timeout=240)
+    assert states == {f"{job}_0": "COMPLETED"}
+
+    log = _task_logs(folder, job)[0].read_text()
+    abandoned = [int(m[1]) for m in re.finditer(r"shard (\d+) abandoned \(SIGUSR2\)", log)]
+    assert len(abandoned) == 1 and abandoned[0] not in done_before, log
+    assert "(restart 1)" in log  # the same task ran again after the requeue
+    assert "Restarts=1" in cluster.run(["scontrol", "show", "job", f"{job}_0"]).stdout
+    assert _done_counts([_task_logs(folder, job)[0]]) == {s: 1 for s in range(SHARDS)}, log
+    assert _chunk_mtimes(store, done_before) == mtimes
+    started = CEStore.open(store).read_rows("shard/started_at")
+    assert started[abandoned[0]] > signalled  # redone from scratch after the restart
+    _assert_equal_stores(store, work["reference"])
+
+
+@pytest.mark.slurm
+def test_stale_claim_of_an_ended_slurm_job_is_taken_over(slurm_cluster: SlurmCluster,
+                                                         tmp_path: Path) -> None:
+    job = slurm_cluster.sbatch(["--wrap", "true"], cwd=tmp_path)
+    slurm_cluster.wait(job, timeout=60)
+    gone = Owner("elsewhere", 1, run=job, job=job, task=None)
+    ClaimBoard(tmp_path, gone).try_claim(0)
+    me = ClaimBoard(tmp_path, Owner("here", 2, run="me"), lease_s=3600)
+    assert me.stale_reason(me.read(0)) == f"owner SLURM job {job} is not running"
+    assert me.acquire([0])[0].shard == 0
+
+
+# ============================================================================ submitit
+@pytest.mark.slurm
+def test_submitit_backend_survives_preemption_and_equals_local_run(slurm_cluster: SlurmCluster,
+                                                                   work) -> None:
+    from submitit.slurm.slurm import SlurmJob
+
+    folder, store = work["folder"], work["folder"] / "submitit store.zarr"
+    logs = folder / "submitit logs"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "cejobs.generate", "--config", str(work["config"]),
+         "--backend", "slurm", "--store", str(store), "--workers", "2", "--slurm-cpus", "1",
+         "--slurm-mem-gb", "1", "--timeout-min", "15", "--slurm-log-dir", str(logs),
+         "--no-progress"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        claims = claims_root(store, "shard")
+
+        def holder() -> str | None:  # the array task holding a claim, once a shard is done
+            held = _running_claims(claims) if _done(store) else []
+            return held[0]["task"] if held else None
+
+        deadline = time.monotonic() + 240
+        while (task := holder()) is None:
+            assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+            time.sleep(0.2)
+        SlurmJob(folder=logs, job_id=task)._interrupt()  # SIGTERM, then SIGUSR2: preemption
+        signalled = time.time()
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err
+    assert f"{SHARDS}/{SHARDS} shards done" in out
+
+    array, index = task.split("_")
+    task_log = (logs / f"{array}_{index}_0_log.err").read_text()
+    abandoned = [int(m[1]) for m in re.finditer(r"shard (\d+) abandoned \(SIGUSR2\)", task_log)]
+    assert len(abandoned) == 1, task_log
+    assert f"Requeued job {task}" in (logs / f"{array}_{index}_0_log.out").read_text()
+    counts = _done_counts(sorted(logs.glob(f"{array}_*_0_log.err")))
+    assert counts == {s: 1 for s in range(SHARDS)}, counts  # nothing lost, nothing redone
+    assert CEStore.open(store).read_rows("shard/started_at")[abandoned[0]] > signalled
+    assert "Restarts=1" in slurm_cluster.run(["scontrol", "show", "job", task]).stdout
+    _assert_equal_stores(store, work["reference"])
+    assert not (store / "claims").exists()

@@ -1,0 +1,147 @@
+"""Training commands on tiny presets: they run, record their metrics, and resume bit-identically."""
+
+import numpy as np
+import pytest
+import torch
+
+from cejobs.data import load_dataset
+from cejobs.models.checkpoint import load_checkpoint
+from cejobs.train.__main__ import run
+from cejobs.train.classifier import pgd_l2
+from cejobs.train.common import stream_batch
+from tests.conftest import run_module
+
+
+def _diffusion(out, steps, *extra):
+    args = ["diffusion", "--dataset", "digits", "--preset", "tiny", "--steps", str(steps), "--batch-size", "8",
+            "--warmup", "2", "--ema", "0.9", "--save-every", "3", "--log-every", "2", "--no-progress",
+            "--device", "cpu", "--out", str(out), *extra]
+    assert run(args) == 0
+
+
+def _state(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_diffusion_trains_and_resumes_bit_identically(tmp_path):
+    _diffusion(tmp_path / "full.pt", 5)
+    ck = load_checkpoint(tmp_path / "full.pt", expect_kind="diffusion")
+    assert ck.arch == "unet" and ck.meta["centered"] is True and ck.meta["dataset"] == "digits"
+    assert ck.meta["image_shape"] == [1, 8, 8] and ck.arch_kwargs["base_channels"] == 4
+    assert ck.meta["metrics"]["steps"] == 5 and np.isfinite(ck.meta["metrics"]["train_loss"])
+    assert ck.meta["train"]["lr"] == 2e-4 and ck.meta["train"]["label_drop"] == 0.3
+    assert ck.meta["train"]["command"].startswith("python -m cejobs.train diffusion --dataset digits")
+    assert ck.extra == {}  # the model file holds no training state
+
+    _diffusion(tmp_path / "part.pt", 3)  # "interrupted" after the save at step 3
+    _diffusion(tmp_path / "part.pt", 5, "--resume", str(tmp_path / "part.pt.resume.pt"))
+    _assert_same_weights(_state(tmp_path / "full.pt"), _state(tmp_path / "part.pt"))  # EMA weights
+    raw_full = load_checkpoint(tmp_path / "full.pt.resume.pt").extra
+    raw_part = load_checkpoint(tmp_path / "part.pt.resume.pt").extra
+    assert raw_full["step"] == raw_part["step"] == 5
+    _assert_same_weights(raw_full["model"], raw_part["model"])  # raw weights too
+    assert raw_full["recent_losses"] == raw_part["recent_losses"]
+
+
+def test_diffusion_resume_refuses_other_settings(tmp_path, capsys):
+    _diffusion(tmp_path / "a.pt", 3)
+    resume = str(tmp_path / "a.pt.resume.pt")
+    assert run(["diffusion", "--dataset", "digits", "--preset", "tiny", "--steps", "5", "--lr", "1e-3",
+                "--batch-size", "8", "--warmup", "2", "--ema", "0.9", "--resume", resume,
+                "--out", str(tmp_path / "a.pt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "lr (file: 0.0002, now: 0.001)" in err and "\n" not in err
+    assert run(["diffusion", "--dataset", "digits", "--preset", "tiny", "--steps", "3", "--batch-size", "8",
+                "--warmup", "2", "--ema", "0.9", "--resume", resume, "--out", str(tmp_path / "a.pt"),
+                "--no-progress"]) == 2
+    assert "already at step 3" in capsys.readouterr().err
+    assert run(["classifier", "--dataset", "digits", "--resume", resume, "--out", str(tmp_path / "c.pt")]) == 2
+    assert "is a diffusion checkpoint, but a classifier checkpoint is needed" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    """96 digits as an npz, so that classifier epochs take a fraction of a second."""
+    digits = load_dataset("digits", split="train")
+    path = tmp_path_factory.mktemp("npz") / "small.npz"
+    np.savez(path, x=(digits.images(range(96)).numpy() * 255).round().astype(np.uint8), y=digits.labels[:96])
+    return path
+
+
+def _classifier(npz, out, epochs, *extra):
+    args = ["classifier", "--dataset", str(npz), "--preset", "tiny", "--epochs", str(epochs), "--batch-size", "32",
+            "--eps", "0.5", "--pgd-steps", "2", "--eval-steps", "2,3", "--augment", "crop-flip",
+            "--save-every", "1", "--no-progress", "--device", "cpu", "--out", str(out), *extra]
+    assert run(args) == 0
+
+
+def test_classifier_trains_reports_and_resumes_bit_identically(small_npz, tmp_path):
+    _classifier(small_npz, tmp_path / "full.pt", 2)
+    ck = load_checkpoint(tmp_path / "full.pt", expect_kind="classifier")
+    assert ck.arch == "wideresnet" and ck.arch_kwargs["dropout"] == 0.0  # robust: no dropout by default
+    assert len(ck.arch_kwargs["input_mean"]) == 1 and 0 < ck.arch_kwargs["input_mean"][0] < 1
+    m = ck.meta["metrics"]
+    assert m["n"] == 96 and 0 <= m["clean_acc"] <= 1
+    assert [(a["eps"], a["steps"]) for a in m["attacks"]] == [(0.5, 2), (0.5, 3)]
+    assert m["attacks"][0]["step_size"] == pytest.approx(2.5 * 0.5 / 2)
+    assert ck.meta["eps"] == 0.5 and ck.meta["train"]["augment"] == "crop-flip"
+
+    _classifier(small_npz, tmp_path / "part.pt", 1)
+    _classifier(small_npz, tmp_path / "part.pt", 2, "--resume", str(tmp_path / "part.pt.resume.pt"))
+    _assert_same_weights(_state(tmp_path / "full.pt"), _state(tmp_path / "part.pt"))
+    full, part = load_checkpoint(tmp_path / "full.pt"), load_checkpoint(tmp_path / "part.pt")
+    assert full.meta["metrics"] == part.meta["metrics"]
+    for k, v in full.model.named_buffers():  # BatchNorm running statistics too
+        assert torch.equal(v, dict(part.model.named_buffers())[k]), k
+
+
+def test_classifier_standard_defaults(small_npz, tmp_path):
+    assert run(["classifier", "--dataset", str(small_npz), "--preset", "tiny", "--epochs", "1",
+                "--batch-size", "48", "--save-every", "0", "--no-progress", "--device", "cpu",
+                "--out", str(tmp_path / "s.pt")]) == 0
+    ck = load_checkpoint(tmp_path / "s.pt")
+    assert ck.arch_kwargs["dropout"] == 0.3 and ck.meta["metrics"]["attacks"] == []
+    assert ck.meta["train"]["lr"] == 1e-3 and not (tmp_path / "s.pt.resume.pt").exists()
+
+
+def test_pgd_l2_stays_in_ball_and_box():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(5, 1, 4, 4)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    adv = pgd_l2(model, x, y, eps=0.5, steps=8)
+    assert (adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-5
+    assert adv.min() >= 0 and adv.max() <= 1
+    loss = torch.nn.functional.cross_entropy
+    assert loss(model(adv), y) > loss(model(x), y)
+    assert torch.equal(pgd_l2(model, x, y, eps=0.0), x)
+
+
+def test_stream_batches_cover_each_epoch_once():
+    batches = np.concatenate([stream_batch(7, 10, 4, s) for s in range(5)])  # 20 = two epochs
+    assert sorted(batches[:10]) == list(range(10)) and sorted(batches[10:]) == list(range(10))
+    assert not np.array_equal(batches[:10], batches[10:])
+    assert np.array_equal(stream_batch(7, 10, 4, 3), batches[12:16])
+
+
+def test_bad_flags_exit_2(capsys):
+    assert run(["classifier", "--dataset", "digits", "--eps", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --eps must be >= 0 (got -1.0)"
+    assert run(["diffusion", "--dataset", "cifar10", "--data-root", "/nonexistent"]) == 2
+    assert "cifar10 not found: expected /nonexistent/cifar-10-batches-py" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        run(["diffusion", "--preset", "huge"])
+    assert info.value.code == 2
+
+
+def test_module_entry_point_help():
+    r = run_module("cejobs.train", "diffusion", "--help")
+    assert "--label-drop" in r.stdout and "(default: 0.3)" in r.stdout
+    r = run_module("cejobs.train", "classifier", "--help")
+    assert "--eps" in r.stdout and "(default: wrn-40-2)" in r.stdout
