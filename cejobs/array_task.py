@@ -2,7 +2,8 @@
 
     python -m cejobs.array_task generate --config FILE [generate flags]
     python -m cejobs.array_task evaluate --store S --classifier NAME=CKPT [evaluate flags]
-    python -m cejobs.array_task summary --store S      # the final step, after the array
+    python -m cejobs.array_task summary --store S      # generate's final step
+    python -m cejobs.array_task evaluate-summary [evaluate flags]   # evaluate's final step
 
 `generate` / `evaluate` create or open the store (creation is atomic, so every task may try),
 then claim and run shards until none is left (cejobs.claims). The first task of an array to
@@ -75,7 +76,8 @@ def prepare_evaluate(argv: list[str]) -> tuple[list[ShardTask], list[str]]:
         clf_paths = E.parse_classifier_flags(clf_args)
     else:
         if {E.root_dataset(s) for s in stores} != {"digits"}:
-            raise ConfigError("no default classifiers for these stores: pass --classifier NAME=CKPT")
+            raise ConfigError("no default classifiers for these stores: "
+                              "pass --classifier NAME=CKPT")
         clf_paths = E.shipped_classifiers()
     classifiers = E.load_classifiers(clf_paths)
     E.check_inputs(stores, classifiers, allow_partial)
@@ -88,9 +90,7 @@ def prepare_evaluate(argv: list[str]) -> tuple[list[ShardTask], list[str]]:
         options = {"classifiers": {c.name: {"path": str(c.path.resolve()), "sha256": c.sha256}
                                    for c in classifiers}}
         tasks.append(ShardTask("evaluate", str(store.path.resolve()), config.to_dict(), options))
-    summary = [sys.executable, "-m", "cejobs.evaluate", *argv, "--backend", "local",
-               "--no-progress"]
-    return tasks, summary
+    return tasks, [sys.executable, "-m", "cejobs.array_task", "evaluate-summary", *argv]
 
 
 PREPARE = {"generate": prepare_generate, "evaluate": prepare_evaluate}
@@ -134,7 +134,8 @@ def submit_summary(task: ShardTask, command: list[str], name: str) -> str | None
         log(f"could not submit the summary job: {proc.stderr.strip()}")
         return None
     job = proc.stdout.strip().split(";")[0]
-    log(f"summary job {job} runs after array {array}: {Path(workdir) / f'{name}-summary-{job}.out'}")
+    log(f"summary job {job} runs after array {array}: "
+        f"{Path(workdir) / f'{name}-summary-{job}.out'}")
     return job
 
 
@@ -215,13 +216,29 @@ def summarize(argv: list[str]) -> int:
               f"finish them")
         return 1
     remove_claims(store.path, "shard")
-    print(f"complete: evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(store.path))}")
+    print(f"complete: evaluate with: "
+          f"python -m cejobs.evaluate --store {shlex.quote(str(store.path))}")
     return 0
+
+
+def evaluate_summary(argv: list[str]) -> int:
+    """The final step of slurm/eval_ce.sh: `python -m cejobs.evaluate` with the tasks' arguments
+    in this process (every shard is normally evaluated by now, so it only computes the metrics,
+    tables and figures; any shard left is evaluated here), then the claims are removed."""
+    from cejobs import evaluate
+
+    code = evaluate.main([*argv, "--backend", "local", "--no-progress"])
+    if code == 0:
+        paths = vars(evaluate.build_parser().parse_args(argv))["store"]
+        for path in paths:
+            remove_claims(path, WORK["evaluate"].namespace)
+    return code
 
 
 COMMANDS = {"generate": lambda argv: run_tasks("generate", argv),
             "evaluate": lambda argv: run_tasks("evaluate", argv),
-            "summary": summarize}
+            "summary": summarize,
+            "evaluate-summary": evaluate_summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,24 +172,46 @@ def _generate(args_list: list[str], env=None) -> tuple[float, str]:
 
 
 def bench_scaling(args) -> dict:
-    """Same run with 1 and 2 single-thread Ray CPU workers; throughput from the store timings."""
+    """Same run with 1 and 2 single-thread Ray CPU workers on a private local Ray.
+
+    Throughput is CEs over the busy time read from the store (the union of the shards'
+    start-finish intervals), so Ray and actor start-up are left out. The model is the shipped
+    digits diffusion model, or, when it is absent, the same architecture with its default
+    initialisation: the sampler does the same arithmetic whatever the weights. The load
+    average before and after is reported: other processes on the machine skew the figure.
+    """
+    from cejobs.config import REPO_DATA
+    from cejobs.models.checkpoint import save_checkpoint
     from cejobs.status import store_status
     from cejobs.store import CEStore
 
     out = {}
+    load_before = os.getloadavg()
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # never join a cluster running here
     with tempfile.TemporaryDirectory() as tmp:
+        model = REPO_DATA / "digits" / "diffusion.pt"
+        if not model.exists():
+            model = Path(tmp) / "digits-untrained.pt"
+            torch.manual_seed(0)
+            kwargs = dict(UNET_PRESETS["digits"])
+            save_checkpoint(model, UNet(**kwargs), kind="diffusion", arch="unet",
+                            arch_kwargs=kwargs, meta={"dataset": "digits"})
         for workers in args.workers:
             store = Path(tmp) / f"w{workers}.zarr"
             wall, _ = _generate([
                 "--backend", "ray", "--workers", str(workers), "--threads", "1",
-                "--sources", str(args.sources), "--shard-size", str(args.shard_size),
-                "--steps", str(args.steps), "--store", str(store), "--no-progress",
-            ])
+                "--model", str(model), "--sources", str(args.sources),
+                "--shard-size", str(args.shard_size), "--steps", str(args.steps),
+                "--store", str(store), "--no-progress",
+            ], env=env)
             st = store_status(CEStore.open(store))
-            out[workers] = dict(ces=st.ces_done, ces_per_s=st.rate, wall_s=wall)
+            out[workers] = dict(ces=st.ces_done, ces_per_s=st.rate, busy_s=st.busy_seconds,
+                                wall_s=wall)
     base = out[args.workers[0]]["ces_per_s"]
-    return dict(bench="scaling", device=device_name(torch.device("cpu")), steps=args.steps,
+    return dict(bench="scaling", device=f"{platform.processor() or platform.machine()} CPU, "
+                f"{os.cpu_count()} cores", model=model.name, steps=args.steps,
                 sources=args.sources, shard_size=args.shard_size,
+                load_average_before=load_before, load_average_after=os.getloadavg(),
                 results={str(k): {**v, "speedup": v["ces_per_s"] / base} for k, v in out.items()})
 
 

@@ -313,7 +313,8 @@ class ClaimBoard:
             if not path.name.isdigit():
                 continue
             info = self.read(int(path.name))
-            if info and info.owner.job == self.owner.job and info.owner.restart < self.owner.restart:
+            mine = info is not None and info.owner.job == self.owner.job
+            if mine and info.owner.restart < self.owner.restart:
                 if self.take_over(info) is not None:  # atomically ours, then released
                     self.path(info.shard).unlink(missing_ok=True)
                     cleared.append(info.shard)
@@ -385,7 +386,9 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             claim = self.claim
-            if claim is not None and claim.shard not in self.lost and not claim.touch():
+            if claim is None or claim.shard in self.lost or claim.touch():
+                continue
+            if self.claim is claim:  # not just released by the main thread
                 self.lost.add(claim.shard)
                 log(f"lost the claim of shard {claim.shard} (taken over as stale); "
                     f"finishing it anyway: it writes the same bytes")
@@ -457,6 +460,17 @@ class Stopper:
 
 
 # ---------------------------------------------------------------------------- the loop
+def _start_worker(task: ShardTask, threads: int, make_worker: Callable | None):
+    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if make_worker is None:
+        from cejobs.workers import make_worker
+    return make_worker(task)
+
+
 @dataclass
 class LoopReport:
     done: list[int] = field(default_factory=list)  # shards this loop finished
@@ -510,21 +524,13 @@ def claim_loop(
                 log(f"took over shard {shard}: {stale}")
             heartbeat.claim = claim
             try:
-                if WORK[task.kind].flags(store, task)[1][shard]:
+                if work.flags(store, task)[1][shard]:
                     continue  # finished by another task between our look and our claim
                 log(f"claimed shard {shard} ({owner.label})")
                 try:
                     with stopper.computing():
-                        if worker is None:
-                            if threads or os.environ.get("SLURM_CPUS_PER_TASK"):
-                                import torch
-
-                                torch.set_num_threads(threads or int(os.environ["SLURM_CPUS_PER_TASK"]))
-                            if make_worker is None:
-                                from cejobs.workers import make_worker as _make
-
-                                make_worker = _make
-                            worker = make_worker(task)
+                        if worker is None:  # only once there is a shard: loads the models
+                            worker = _start_worker(task, threads, make_worker)
                         result = run_shard_safely(worker, shard)
                 except Interrupted:
                     report.interrupted, report.abandoned = stopper.reason, shard

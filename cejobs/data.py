@@ -26,6 +26,7 @@ be 600 MB) and are converted per batch by `ImageDataset.images(indices)`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 from pathlib import Path
@@ -88,14 +89,31 @@ def _check_split(name: str, split: str, allowed: tuple[str, ...]) -> None:
         raise DatasetError(f"{name} has no split {split!r} (choose from {', '.join(allowed)})")
 
 
-def _digits(split: str) -> ImageDataset:
-    from sklearn.datasets import load_digits
+def _digits_table() -> np.ndarray:
+    """(1797, 65) rows of 64 pixels and a label: scikit-learn's `digits.csv.gz`.
 
+    Read straight from the installed package, the file load_digits reads, without importing
+    sklearn.datasets (that import alone costs seconds of CPU in every worker).
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise DatasetError("digits needs scikit-learn: pip install scikit-learn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # a layout we don't know: let scikit-learn find it
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return np.column_stack([d.data, d.target])
+    return np.loadtxt(path, delimiter=",")
+
+
+def _digits(split: str) -> ImageDataset:
     _check_split("digits", split, ("train", "test", "all"))
-    d = load_digits()
-    pixels = d.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
+    table = _digits_table()
+    pixels = table[:, :64].astype(np.uint8).reshape(-1, 1, 8, 8)  # values 0..16
+    labels = table[:, 64].astype(np.int64)
     sel = {"train": slice(0, DIGITS_TRAIN), "test": slice(DIGITS_TRAIN, None), "all": slice(None)}[split]
-    return ImageDataset("digits", split, pixels[sel], d.target[sel], 10, scale=1.0 / 16.0)
+    return ImageDataset("digits", split, pixels[sel], labels[sel], 10, scale=1.0 / 16.0)
 
 
 def _missing(paths: list[Path]) -> list[Path]:
@@ -174,7 +192,8 @@ def _npz(name: str, split: str) -> ImageDataset:
         scale = 1.0 / 255.0
     elif np.issubdtype(x.dtype, np.floating):
         if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or np.isnan(x).any()):
-            raise DatasetError(f"{path}: float images must lie in [0, 1] (found {np.nanmin(x):.3g}..{np.nanmax(x):.3g})")
+            lo, hi = np.nanmin(x), np.nanmax(x)
+            raise DatasetError(f"{path}: float images must lie in [0, 1] (found {lo:.3g}..{hi:.3g}, or NaN)")
         scale = 1.0
     else:
         raise DatasetError(f"{path}: x must be uint8 or float, got {x.dtype}")
@@ -199,6 +218,29 @@ def _store_classes(attrs: dict, k: int) -> int | None:
     return None
 
 
+class _StoreCEPixels:
+    """ce/x of a store seen as (N*K, C, H, W), read from disk per request (never all at once:
+    200,000 CIFAR10 CEs are 2.4 GB)."""
+
+    def __init__(self, ce_x):
+        self.ce_x = ce_x
+        n, k = ce_x.shape[:2]
+        self.k = k
+        self.shape = (n * k, *ce_x.shape[2:])
+        self.ndim = len(self.shape)
+        self.dtype = ce_x.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        flat = np.arange(self.shape[0])[index] if isinstance(index, slice) else np.asarray(index)
+        rows, pos = np.divmod(flat, self.k)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        block = np.asarray(self.ce_x.oindex[unique])  # (u, K, C, H, W): whole source rows
+        return block[inverse, pos]
+
+
 def _store(name: str, split: str) -> ImageDataset:
     import zarr
 
@@ -217,7 +259,7 @@ def _store(name: str, split: str) -> ImageDataset:
             "finish it by re-running generate first"
         )
     n, k = ce_x.shape[:2]
-    x = np.asarray(ce_x[:]).reshape(n * k, *ce_x.shape[2:])  # index i*K + k
+    x = _StoreCEPixels(ce_x)  # index i*K + k, read from the store on demand
     y = np.asarray(target[:]).reshape(n * k).astype(np.int64)
     num_classes = _store_classes(dict(root.attrs), k)
     if num_classes is None:

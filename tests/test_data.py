@@ -171,3 +171,13 @@ def test_store_unfinished_or_missing(tmp_path):
         load_dataset(f"store:{tmp_path / 's.zarr'}")
     with pytest.raises(DatasetError, match="store not found"):
         load_dataset(f"store:{tmp_path / 'none.zarr'}")
+
+
+def test_digits_read_without_sklearn_import_equals_load_digits():
+    """digits comes from scikit-learn's own CSV, read directly: the same images and labels."""
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    all_ = load_dataset("digits", split="all")
+    np.testing.assert_array_equal(all_.images().numpy()[:, 0], (ref.images / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(all_.labels, ref.target)

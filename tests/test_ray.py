@@ -21,11 +21,13 @@ import pytest
 import torch
 import zarr
 
-from cejobs.backends.ray_backend import actor_device, one_line, plan_actors
+from cejobs.backends.ray_backend import (ShardActor, actor_device, loss_reason, one_line,
+                                        plan_actors)
 from cejobs.config import ConfigError
 from cejobs.models import UNET_PRESETS, UNet
 from cejobs.models.checkpoint import save_checkpoint
 from cejobs.store import CEStore
+from cejobs.tasks import ShardTask
 from tests.conftest import run_module
 
 SHARDS, SHARD_SIZE, STEPS = 6, 2, 40  # about 2 s a shard on one thread of this machine
@@ -109,7 +111,8 @@ def test_plan_one_actor_per_gpu_and_fractions():
 def test_plan_cpu_workers():
     plan = plan_actors({"CPU": 16}, workers=0, threads=4, gpus_per_worker=1.0, device="auto",
                        shards=100)
-    assert (plan.count, plan.use_gpu, plan.threads, plan.options) == (4, False, 4, {"num_cpus": 4.0})
+    assert (plan.count, plan.use_gpu, plan.threads) == (4, False, 4)
+    assert plan.options == {"num_cpus": 4.0}
     plan = plan_actors({"CPU": 16, "GPU": 2}, workers=0, threads=2, gpus_per_worker=1.0,
                        device="cpu", shards=100)
     assert (plan.count, plan.use_gpu) == (8, False)  # --device cpu: CPU actors on a GPU cluster
@@ -131,6 +134,23 @@ def test_actor_device_and_one_line(monkeypatch):
     assert actor_device("cuda:0", ["3"], True) == "cuda:3"
     text = "ray::ShardActor.run()\n  File \"x.py\", line 1\nShardError: shard 2: NaN\n"
     assert one_line(text) == "ShardError: shard 2: NaN"
+    died = RuntimeError("The actor died unexpectedly before finishing this task.\n\tpid: 42\n"
+                        "\tip: 10.0.0.2\nThe actor is dead because its node has died. Node...")
+    assert loss_reason(died) == "RuntimeError (pid 42 on 10.0.0.2; its node has died)"
+
+
+def test_actor_that_cannot_open_the_store_says_why(tmp_path):
+    """A worker on a node that doesn't see the store reports it from ready(), in one line."""
+    task = ShardTask("generate", str(tmp_path / "elsewhere.zarr"), {"device": "cpu"})
+    before = torch.get_num_threads()
+    try:
+        actor = ShardActor(task, threads=1, use_gpu=False)
+        info = actor.ready()
+    finally:
+        torch.set_num_threads(before)
+    assert info["error"] == (f"StoreError: no cejobs store at {tmp_path / 'elsewhere.zarr'} "
+                             f"(the store must be on storage every node shares)")
+    assert actor.run(3).error == info["error"]
 
 
 def test_thread_count_does_not_change_ces(tmp_path):
@@ -161,10 +181,8 @@ def test_thread_count_does_not_change_ces(tmp_path):
 
 
 # ---------------------------------------------------------------------- real cluster
-pytestmark_cluster = pytest.mark.ray_cluster
 
-
-@pytestmark_cluster
+@pytest.mark.ray_cluster
 def test_job_submit_matches_local(ray_cluster, tiny_models, local_store, tmp_path):
     store = tmp_path / "ray.zarr"
     sid = f"cejobs-submit-{uuid.uuid4().hex[:8]}"
@@ -177,7 +195,7 @@ def test_job_submit_matches_local(ray_cluster, tiny_models, local_store, tmp_pat
     assert_same_store(store, local_store)
 
 
-@pytestmark_cluster
+@pytest.mark.ray_cluster
 def test_unwritable_store_is_one_clear_line(ray_cluster, tiny_models, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the store's parent folder should be")
@@ -193,7 +211,7 @@ def test_unwritable_store_is_one_clear_line(ray_cluster, tiny_models, tmp_path):
     assert ray_cluster.jobs().get_job_info(sid).driver_exit_code == 2
 
 
-@pytestmark_cluster
+@pytest.mark.ray_cluster
 def test_worker_killed_mid_shard_is_retried(ray_cluster, tiny_models, local_store, tmp_path):
     store = tmp_path / "killed.zarr"
     sid = f"cejobs-kill-{uuid.uuid4().hex[:8]}"
@@ -213,13 +231,16 @@ def test_worker_killed_mid_shard_is_retried(ray_cluster, tiny_models, local_stor
     assert_same_store(store, local_store)
 
 
-@pytestmark_cluster
+@pytest.mark.ray_cluster
 def test_job_stop_then_resubmit_runs_only_unfinished(ray_cluster, tiny_models, local_store,
                                                       tmp_path):
     store = tmp_path / "stopped.zarr"
     args = job(*gen_args(tiny_models["diffusion"], store))
     first = f"cejobs-stop-{uuid.uuid4().hex[:8]}"
-    assert ray_cluster.submit(args, submission_id=first, wait=False).returncode == 0
+    # one worker: shards finish one by one, so the stop lands mid-run (workers is an
+    # execution field: the resubmission may use two)
+    r = ray_cluster.submit([*args, "--workers", "1"], submission_id=first, wait=False)
+    assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: done_count(store) >= 1, 240, "a first shard")
     r = ray_cluster.cli("job", "stop", "--address", ray_cluster.dashboard_url, first)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -241,7 +262,7 @@ def test_job_stop_then_resubmit_runs_only_unfinished(ray_cluster, tiny_models, l
     assert_same_store(store, local_store)
 
 
-@pytestmark_cluster
+@pytest.mark.ray_cluster
 def test_nan_shard_is_reported_and_not_done(ray_cluster, nan_model, tmp_path):
     store = tmp_path / "nan.zarr"
     sid = f"cejobs-nan-{uuid.uuid4().hex[:8]}"
@@ -257,7 +278,7 @@ def test_nan_shard_is_reported_and_not_done(ray_cluster, nan_model, tmp_path):
     assert not CEStore.open(store).done().any()
 
 
-@pytestmark_cluster
+@pytest.mark.ray_cluster
 def test_fake_gpus_get_one_worker_each(ray_gpu_cluster, tiny_models, tmp_path):
     store = tmp_path / "gpu.zarr"
     sid = f"cejobs-gpu-{uuid.uuid4().hex[:8]}"

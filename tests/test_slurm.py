@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.claims import (ClaimBoard, Interrupted, Owner, SlurmJobs, Stopper, claims_root,
-                           pending_shards)
+from cejobs.claims import (ClaimBoard, Heartbeat, Interrupted, Owner, SlurmJobs, Stopper,
+                           claims_root, pending_shards)
 from cejobs.store import CEStore, Layout, create_or_open, generation_arrays
 from cejobs.tasks import ShardTask
 from tests.conftest import REPO, run_module
@@ -109,6 +109,23 @@ def test_live_claim_is_kept_until_its_lease_expires_then_taken_over(tmp_path: Pa
     claim.release()
     assert not (tmp_path / "5").exists()
     proc.communicate("\n", timeout=30)
+
+
+def test_heartbeat_keeps_a_held_claim_fresh(tmp_path: Path) -> None:
+    board = ClaimBoard(tmp_path, Owner.current(run="me"), lease_s=60)
+    claim = board.try_claim(0)
+    old = time.time() - 120
+    os.utime(tmp_path / "0", (old, old))
+    beat = Heartbeat(interval_s=0.05)
+    beat.claim = claim
+    try:
+        deadline = time.monotonic() + 10
+        while board.stale_reason(board.read(0)) is not None:
+            assert time.monotonic() < deadline, "the heartbeat did not refresh the claim"
+            time.sleep(0.05)
+    finally:
+        beat.close()
+    assert not beat.lost
 
 
 def test_requeued_job_clears_claims_of_its_earlier_run(tmp_path: Path) -> None:
@@ -273,7 +290,8 @@ def _task_logs(folder: Path, job: str) -> list[Path]:
 
 
 def _summary_job(logs: list[Path]) -> str:
-    ids = {m[1] for log in logs for m in re.finditer(r"summary job (\d+) runs after", log.read_text())}
+    pattern = re.compile(r"summary job (\d+) runs after")
+    ids = {m[1] for log in logs for m in pattern.finditer(log.read_text())}
     assert len(ids) == 1, f"one summary job per array, got {ids}"
     return ids.pop()
 
@@ -286,10 +304,10 @@ def test_sbatch_array_completes_equal_to_local_run(slurm_cluster: SlurmCluster, 
     job = _submit(cluster, work, store, "0-1")
     states = cluster.wait(job, timeout=240)
     logs = _task_logs(work["folder"], job)
-    assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, [p.read_text() for p in logs]
+    assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, \
+        [p.read_text() for p in logs]
     _assert_equal_stores(store, work["reference"])
-    assert _done_counts(logs) == {s: 1 for s in range(SHARDS)}  # both tasks shared the work
-    assert all(DONE_LINE.search(p.read_text()) for p in logs)
+    assert _done_counts(logs) == {s: 1 for s in range(SHARDS)}  # each shard run once
 
     summary = _summary_job(logs)
     assert cluster.wait(summary, timeout=180) == {summary: "COMPLETED"}
@@ -413,3 +431,17 @@ def test_submitit_backend_survives_preemption_and_equals_local_run(slurm_cluster
     assert "Restarts=1" in slurm_cluster.run(["scontrol", "show", "job", task]).stdout
     _assert_equal_stores(store, work["reference"])
     assert not (store / "claims").exists()
+
+
+@pytest.mark.slurm
+def test_submitit_backend_exits_when_every_task_failed(slurm_cluster: SlurmCluster, work) -> None:
+    store = work["folder"] / "failing store.zarr"
+    r = run_module("cejobs.generate", "--config", work["config"], "--backend", "slurm",
+                   "--store", store, "--workers", "1", "--slurm-cpus", "1", "--slurm-mem-gb", "1",
+                   "--timeout-min", "15", "--device", "cuda:7", "--no-progress",  # no such GPU
+                   env={"PYTHONPATH": str(REPO)}, timeout=300, check=False)
+    assert r.returncode == 1, r.stderr
+    assert f"0/{SHARDS} shards done" in r.stdout
+    assert "not done when every task of array" in r.stderr
+    assert "a task's error: " in r.stderr  # the worker's own error, from the claim records
+    assert "run the same command to resume" in r.stderr

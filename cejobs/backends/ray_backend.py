@@ -22,7 +22,6 @@ import collections
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -44,6 +43,20 @@ def one_line(error: BaseException | str) -> str:
         if re.match(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b", line):
             return line[:500]
     return (lines[0] if lines else type(error).__name__)[:500]
+
+
+def loss_reason(error: BaseException) -> str:
+    """One line on why an actor is gone: which process, where, and Ray's stated cause."""
+    text = str(error)
+    pid, ip = re.search(r"\bpid: (\d+)", text), re.search(r"\bip: (\S+)", text)
+    cause = re.search(r"The actor is dead because (.+?)\.", text)
+    exit_type = re.search(r"Worker exit type: (\w+)", text)
+    if not (pid or cause):
+        return one_line(error)
+    where = f"pid {pid[1]}" + (f" on {ip[1]}" if ip else "") if pid else ""
+    why = "; ".join(x for x in (cause[1] if cause else "",
+                                f"exit type {exit_type[1]}" if exit_type else "") if x)
+    return f"{type(error).__name__} ({'; '.join(x for x in (where, why) if x)})"
 
 
 def actor_device(config_device: str, gpu_ids: Sequence[Any], cuda_available: bool) -> str:
@@ -129,7 +142,8 @@ class ActorPlan:
     fits: int  # actors of this shape the cluster holds right now
 
     def resources(self) -> str:
-        return ", ".join(f"{k.removeprefix('num_').upper()} {v:g}" for k, v in self.options.items())
+        names = {"num_gpus": "GPU", "num_cpus": "CPU"}
+        return ", ".join(f"{names[k]} {v:g}" for k, v in self.options.items())
 
     def describe(self) -> str:
         res = self.resources()
@@ -259,7 +273,7 @@ class _Run:
         import ray
 
         slot = self.slots[index]
-        reason = one_line(error)
+        reason = loss_reason(error)
         lost = [shard for _, shard in slot.outstanding]
         for ref, _ in slot.outstanding:
             self.refs.pop(ref, None)
@@ -352,7 +366,6 @@ class _Run:
         self.queue.extend(shards)
         for _ in range(self.plan.count):
             self._start()
-        last_log = time.monotonic()
         while self.queue or any(s.outstanding for s in self.slots):
             if not self.refs:  # every actor retired: nothing can run the rest
                 for shard in list(self.queue):
@@ -361,10 +374,9 @@ class _Run:
                 break
             done, _ = ray.wait(list(self.refs), num_returns=1, timeout=WAIT_LOG_SECONDS)
             if not done:
-                if not any(s.ready for s in self.slots) and time.monotonic() - last_log > 1:
+                if not any(s.ready for s in self.slots):
                     log(f"waiting for resources: 0 of {len(self.slots)} workers started "
                         f"(each needs {self.plan.resources()})")
-                    last_log = time.monotonic()
                 continue
             index, shard = self.refs.pop(done[0])
             if shard is None:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -153,7 +152,7 @@ class SlurmBackend:
                 for s in new:
                     rows = layout.rows(s)
                     ces = (rows.stop - rows.start) * layout.ces_per_source * self._ce_factor(task)
-                    seconds = float(finished[s] - started[s]) if np.isfinite(finished[s] - started[s]) else 0.0
+                    seconds = float(np.nan_to_num(finished[s] - started[s]))
                     on_result(ShardResult(s, ces=ces, seconds=seconds, worker=f"slurm {array_id}"))
                     reported.add(s)
                     report.done.append(s)
@@ -181,7 +180,8 @@ class SlurmBackend:
             if not (eligible & ~done).any():
                 remove_claims(task.store, WORK[task.kind].namespace)
         else:
-            errors = _job_errors(jobs)
+            errors = _job_errors(jobs) + [
+                e[-1].strip().splitlines()[0] for _, e in sorted(board.failures(run).items())]
             for s in sorted(wanted - reported - set(report.failed)):
                 why = f"not done when every task of array {array_id} had ended; logs: {folder}"
                 if errors:

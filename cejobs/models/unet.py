@@ -112,6 +112,7 @@ class UNet(nn.Module):
         num_heads: int = 1,  # attention heads (DDPM: 1)
         max_groups: int = 32,  # GroupNorm groups, fewer when channels // 4 is smaller
         zero_init: bool = True,  # zero-init the last conv of each residual branch and the output (DDPM)
+        cpu_channels_last: bool = True,  # on CPU, run channels-last (oneDNN's NHWC convs: ~25% faster sampling)
     ):
         super().__init__()
         if image_size % 2 ** (len(channel_mult) - 1):
@@ -119,6 +120,7 @@ class UNet(nn.Module):
         self.num_classes = num_classes
         self.image_shape = (image_channels, image_size, image_size)
         self.base_channels = base_channels
+        self.cpu_channels_last = cpu_channels_last
         emb_channels = 4 * base_channels
 
         # time embedding MLP (DDPM), plus one embedding row per class and one for the null label
@@ -156,7 +158,8 @@ class UNet(nn.Module):
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
-                self.up.append(ResBlock(ch + skip_channels.pop(), base_channels * mult, emb_channels, dropout, max_groups))
+                skip = skip_channels.pop()
+                self.up.append(ResBlock(ch + skip, base_channels * mult, emb_channels, dropout, max_groups))
                 ch = base_channels * mult
                 if res in attn_resolutions:
                     self.up.append(AttnBlock(ch, max_groups, num_heads))
@@ -188,6 +191,8 @@ class UNet(nn.Module):
         emb = emb + self.class_emb(y)
 
         h = self.conv_in(x)
+        if self.cpu_channels_last and h.device.type == "cpu":
+            h = h.contiguous(memory_format=torch.channels_last)  # the convolutions follow their input's format
         skips = [h]
         for block in self.down:
             if isinstance(block, ResBlock):
@@ -205,21 +210,21 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             else:
                 h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
 
 
 # Constructor arguments of the presets. "paper": the paper's (DDPM's CIFAR10) net, 35.7M parameters
-# at 32x32x3. "digits": 8x8x1 (resolutions 8, 4, 2; 0.77M parameters), sized for guided sampling on a
-# laptop CPU: most of the FLOPs sit at 8x8, so it keeps 32 channels there and one block per
-# resolution. "tiny": 12k parameters, for tests; its output layers are random (zero_init=False) so
-# that tests see a non-trivial eps.
+# at 32x32x3. "digits": 8x8x1 (resolutions 8, 4, 2; 0.44M parameters, 11 MFLOP per image), sized
+# for guided sampling on a laptop CPU: most of the FLOPs sit at 8x8, so it keeps 24 channels
+# there and one block per resolution. "tiny": 12k parameters, for tests; its output layers are
+# random (zero_init=False) so that tests see a non-trivial eps.
 UNET_PRESETS: dict[str, dict] = {
     "paper": dict(
         image_channels=3, image_size=32, num_classes=10, base_channels=128, channel_mult=(1, 2, 2, 2),
         num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
     ),
     "digits": dict(
-        image_channels=1, image_size=8, num_classes=10, base_channels=32, channel_mult=(1, 1, 2),
+        image_channels=1, image_size=8, num_classes=10, base_channels=24, channel_mult=(1, 1, 2),
         num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
     ),
     "tiny": dict(
