@@ -59,37 +59,11 @@ def prepare_generate(argv: list[str]) -> tuple[list[ShardTask], list[str]]:
 
 
 def prepare_evaluate(argv: list[str]) -> tuple[list[ShardTask], list[str]]:
-    """The input checks and eval/<name> arrays of `python -m cejobs.evaluate` (same flags);
-    one task per store, and the final step: evaluate itself, which then only aggregates."""
-    from cejobs import evaluate as E
-    from cejobs.config import ConfigError, config_from
-    from cejobs.store import CEStore, create_eval_arrays
-    from cejobs.tasks import ShardTask
+    """The checks and eval/<name> arrays of `python -m cejobs.evaluate` (same flags), one task
+    per store; the final step is evaluate itself, which then only aggregates."""
+    from cejobs import evaluate
 
-    args = vars(E.build_parser().parse_args(argv))
-    paths = [Path(s) for s in args.pop("store")]
-    clf_args, allow_partial = args.pop("classifier"), args.pop("allow_partial")
-    args.pop("out")
-    args.pop("backend", None)
-    stores = [CEStore.open(p) for p in paths]
-    if clf_args:
-        clf_paths = E.parse_classifier_flags(clf_args)
-    else:
-        if {E.root_dataset(s) for s in stores} != {"digits"}:
-            raise ConfigError("no default classifiers for these stores: "
-                              "pass --classifier NAME=CKPT")
-        clf_paths = E.shipped_classifiers()
-    classifiers = E.load_classifiers(clf_paths)
-    E.check_inputs(stores, classifiers, allow_partial)
-    tasks = []
-    for store, path in zip(stores, paths):
-        config = config_from({**args, "store": str(path)})
-        for c in classifiers:
-            create_eval_arrays(store, c.name, {"classifier": c.name,
-                                               "path": str(c.path.resolve()), "sha256": c.sha256})
-        options = {"classifiers": {c.name: {"path": str(c.path.resolve()), "sha256": c.sha256}
-                                   for c in classifiers}}
-        tasks.append(ShardTask("evaluate", str(store.path.resolve()), config.to_dict(), options))
+    tasks = evaluate.create_tasks(evaluate.prepare(argv))
     return tasks, [sys.executable, "-m", "cejobs.array_task", "evaluate-summary", *argv]
 
 

@@ -216,19 +216,41 @@ def bench_scaling(args) -> dict:
 
 
 def bench_store(args) -> dict:
+    """Zarr write time of shards: read from a finished store, or timed on a synthetic
+    CIFAR10-shaped shard (50 sources x 20 CEs x 3x32x32, random values: the worst case for
+    compression) against the measured GPU shard time."""
     import numpy as np
 
-    from cejobs.store import CEStore
+    from cejobs.store import CEStore, Layout, create_or_open, generation_arrays
 
-    store = CEStore.open(args.store)
-    done = store.done()
-    start = store.read_rows("shard/started_at")[done]
-    end = store.read_rows("shard/finished_at")[done]
-    write = store.read_rows("shard/write_seconds")[done]
-    frac = write / (end - start)
-    return dict(bench="store", store=str(args.store), shards=int(done.sum()),
-                write_fraction_mean=float(np.mean(frac)), write_fraction_max=float(np.max(frac)),
-                write_seconds_mean=float(np.mean(write)))
+    if args.store:
+        store = CEStore.open(args.store)
+        done = store.done()
+        start = store.read_rows("shard/started_at")[done]
+        end = store.read_rows("shard/finished_at")[done]
+        write = store.read_rows("shard/write_seconds")[done]
+        frac = write / (end - start)
+        return dict(bench="store", store=str(args.store), shards=int(done.sum()),
+                    write_fraction_mean=float(np.mean(frac)),
+                    write_fraction_max=float(np.max(frac)),
+                    write_seconds_mean=float(np.mean(write)))
+    n, k, shards = 50, 20, 4
+    layout = Layout(n * shards, k, 10, (3, 32, 32), n)
+    rng = np.random.default_rng(0)
+    data = {"source/x": rng.random((n, 3, 32, 32), dtype=np.float32),
+            "source/y": rng.integers(0, 10, n), "source/index": np.arange(n),
+            "ce/x": rng.random((n, k, 3, 32, 32), dtype=np.float32),
+            "ce/target": np.tile(np.repeat(np.arange(10), 2), (n, 1)),
+            "ce/l2": rng.random((n, k), dtype=np.float32),
+            "ce/l0": rng.random((n, k), dtype=np.float32)}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        store = create_or_open(Path(tmp) / "bench.zarr", {}, layout, generation_arrays(), {})
+        seconds = [store.write_shard(s, data) for s in range(shards)]
+    mean = float(np.mean(seconds))
+    return dict(bench="store", synthetic="cifar10 shard, 50 sources x 20 CEs, float32",
+                ce_x_mib=data["ce/x"].nbytes / 2**20, write_seconds=seconds,
+                write_seconds_mean=mean, gpu_shard_seconds=args.shard_seconds,
+                write_fraction=mean / args.shard_seconds)
 
 
 def bench_memory(args) -> dict:
@@ -275,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--device", default="auto")
     p.add_argument("--repeat", type=int, default=3)
-    p = sub.add_parser("store")
-    p.add_argument("--store", required=True)
+    p = sub.add_parser("store", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--store", default=None, help="a finished store; unset: a synthetic shard")
+    p.add_argument("--dir", default=None, help="folder for the synthetic store")
+    p.add_argument("--shard-seconds", type=float, default=90.0,
+                   help="shard compute time to compare with (H200, compiled bf16)")
     p = sub.add_parser("memory")
     p.add_argument("--sources", type=int, nargs="+", default=[16, 128, 1024])
     p.add_argument("--json", default=None)

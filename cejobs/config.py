@@ -39,7 +39,7 @@ class GenerateConfig:
     data_root: str | None = _f(None, "folder holding cifar10/svhn files (never downloaded)")
     split: str = _f("train", "dataset split of the sources", identity=True, choices=SPLITS)
     sources: int | None = _f(
-        24, "number of sources: the first N of the split (ignored with --indices)", identity=True
+        20, "number of sources: the first N of the split (ignored with --indices)", identity=True
     )
     indices: str | None = _f(None, "source index range A:B of the split (overrides --sources)",
                              identity=True)
@@ -49,7 +49,7 @@ class GenerateConfig:
     sigma_ce: float = _f(0.2, "neighbourhood scale, in model space [-1, 1]", identity=True)
     steps: int = _f(1000, "Euler-Maruyama steps", identity=True)
     per_class: int = _f(2, "CEs per target class per source", identity=True)
-    shard_size: int = _f(4, "sources per shard (= zarr chunk along N)", identity=True)
+    shard_size: int = _f(2, "sources per shard (= zarr chunk along N)", identity=True)
     seed: int = _f(0, "run seed: the noise of each CE depends only on it and the CE's position",
                    identity=True)
     model: str | None = _f(None, "diffusion checkpoint; unset: data/digits/diffusion.pt")
@@ -66,13 +66,15 @@ class GenerateConfig:
     store: str | None = _f(None, "zarr store path; unset: runs/<dataset>-<method>.zarr")
     backend: str = _f("ray", "where shards run", choices=BACKENDS)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    batch_size: int = _f(256, "CEs per sampler batch (the network sees twice this)")
+    batch_size: int = _f(256, "CEs per sampler batch (the network sees twice this); "
+                              "evaluate: images per classifier batch")
     compile: bool = _f(False, "torch.compile the diffusion network (2.2x on an H200; "
                               "falls back to eager if it fails)")
     workers: int = _f(0, "number of workers (0 = one per GPU, else one per CPU thread group)")
     threads: int = _f(0, "torch threads per worker (0: all cores for local, 1 per Ray CPU worker)")
     gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)")
-    max_retries: int = _f(3, "times a shard is retried after its worker dies or it fails")
+    max_retries: int = _f(3, "retries of a shard whose worker died (ray, slurm) "
+                              "or that failed (slurm only)")
     max_in_flight: int = _f(0, "ray: shards queued per worker at most (0 = 2)")
     ray_address: str | None = _f(None, "ray cluster address; unset: RAY_ADDRESS, else a local Ray")
     partition: str | None = _f(None, "slurm: partition")
@@ -176,7 +178,9 @@ def _field_type(f: dataclasses.Field):
     return str
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit status 2."""
+
     def error(self, message: str):  # one line, exit 2
         self.exit(2, f"error: {message} (see --help)\n")
 
@@ -212,7 +216,7 @@ _INPUT_FIELDS = ("data_root", "model", "classifier", "store")
 
 
 def build_parser(prog: str = "python -m cejobs.generate", description: str | None = None):
-    parser = _Parser(prog=prog, description=description)
+    parser = ArgParser(prog=prog, description=description)
     parser.add_argument("--config", default=None,
                         help="TOML file of fields (keys = flag names with underscores); "
                              "flags override it")

@@ -24,7 +24,7 @@ import zarr
 from tqdm import tqdm
 
 from cejobs.backends import make_backend
-from cejobs.config import (BACKENDS, REPO_DATA, ConfigError, GenerateConfig, _Parser,
+from cejobs.config import (BACKENDS, REPO_DATA, ConfigError, GenerateConfig, ArgParser,
                            add_field_flags, config_from, execution_fields)
 from cejobs.eval import figures as F
 from cejobs.eval import metrics as M
@@ -49,7 +49,7 @@ class Classifier:
 
 # ---------------------------------------------------------------------------- arguments
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m cejobs.evaluate",
+    p = ArgParser(prog="python -m cejobs.evaluate",
                 description="Run classifiers over CE stores (writing eval/<name>/ into each "
                             "store, sharded and resumable), then write summary.json, "
                             "tables/*.csv, report.md and figures/*.png.")

@@ -11,6 +11,7 @@
 #   STEPS        Euler-Maruyama steps of the diffusion methods [1000]
 #   CEC_SOURCES  sources of the CEs-of-robust-CEs store: the first CEC_SOURCES CEs of robust.zarr,
 #                i.e. all CEs of the first CEC_SOURCES/K robust sources [200]
+#   CEC_PER_CLASS  CEs per target class of each of those sources (each costs a diffusion CE) [2]
 #   MODEL        diffusion checkpoint [data/digits/diffusion.pt]
 #   ROBUST_CLASSIFIER  classifier of the robust method [data/digits/classifier-l2-eps1.0.pt]
 #   CLASSIFIERS  "NAME=CKPT ..." to evaluate with [the shipped data/digits/classifier-*.pt]
@@ -22,6 +23,7 @@ OUT=${OUT:-runs/digits-results}
 SOURCES=${SOURCES:-450}
 STEPS=${STEPS:-1000}
 CEC_SOURCES=${CEC_SOURCES:-200}
+CEC_PER_CLASS=${CEC_PER_CLASS:-2}
 PY=${PYTHON:-python}
 model=(); [[ -n "${MODEL:-}" ]] && model=(--model "$MODEL")
 robust=(); [[ -n "${ROBUST_CLASSIFIER:-}" ]] && robust=(--classifier "$ROBUST_CLASSIFIER")
@@ -29,7 +31,7 @@ classifiers=(); for c in ${CLASSIFIERS:-}; do classifiers+=(--classifier "$c"); 
 
 gen() {  # gen STORE-NAME [generate flags...]
     local name=$1; shift
-    echo "== generate $name" >&2
+    echo "== $(date +%T) generate $name" >&2
     "$PY" -m cejobs.generate --store "$OUT/$name.zarr" "$@" "${extra[@]}"
 }
 extra=("$@")
@@ -41,9 +43,9 @@ done
 gen robust --dataset digits --split test --sources "$SOURCES" --method robust "${robust[@]}"
 # Paper fig. 5: Boltzmann CEs of the robust classifier's CEs (their targets are the labels)
 gen boltzmann-of-robust --dataset "store:$OUT/robust.zarr" --sources "$CEC_SOURCES" \
-    --method boltzmann --steps "$STEPS" "${model[@]}"
+    --per-class "$CEC_PER_CLASS" --method boltzmann --steps "$STEPS" "${model[@]}"
 
-echo "== evaluate" >&2
+echo "== $(date +%T) evaluate" >&2
 "$PY" -m cejobs.evaluate --out "$OUT/eval" "${classifiers[@]}" "${extra[@]}" \
     --store "$OUT/boltzmann.zarr" --store "$OUT/gaussian.zarr" \
     --store "$OUT/boltzmann-exact.zarr" --store "$OUT/robust.zarr" \
@@ -51,4 +53,4 @@ echo "== evaluate" >&2
 # fig. 5 on its own: CEs of clean data against CEs of robust CEs (the arrays are already there)
 "$PY" -m cejobs.evaluate --out "$OUT/eval-fig5" "${classifiers[@]}" "${extra[@]}" \
     --store "$OUT/boltzmann.zarr" --store "$OUT/boltzmann-of-robust.zarr" --no-progress
-echo "report: $OUT/eval/report.md (fig. 5: $OUT/eval-fig5/figures/distance_histograms.png)" >&2
+echo "== $(date +%T) done; report: $OUT/eval/report.md (fig. 5: $OUT/eval-fig5/figures/distance_histograms.png)" >&2

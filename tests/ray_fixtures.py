@@ -11,10 +11,11 @@ dashboard bound to 127.0.0.1, every port chosen free and non-default, and ``--te
 own short temporary folder (unix sockets live there), so it never meets another Ray on this
 machine: ``ray.init()`` elsewhere does not find it, and it does not find theirs.
 
-Ray 2.5x turns token authentication on for a new cluster when ``~/.ray/auth_token`` exists
-(any earlier ``ray.init()`` on this machine may have written it), and then every client needs
-the token. These loopback-only test clusters set ``RAY_AUTH_MODE=disabled`` explicitly, for the
-head, the CLI calls and this process's SDK calls alike, so the tests do not depend on that file.
+Recent Ray (2.60 here) turns token authentication on for a new cluster when
+``~/.ray/auth_token`` exists (any earlier ``ray.init()`` on this machine may have written it),
+and then every client needs the token. These loopback-only test clusters set
+``RAY_AUTH_MODE=disabled`` explicitly, for the head, the CLI calls and this process's SDK calls
+alike, so the tests do not depend on that file.
 
 Teardown always runs and kills exactly this cluster's processes: ``ray start`` runs in a new
 session, so every daemon it spawns carries that session id; the fixture kills those processes

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 
+from cejobs.config import ArgParser
 from cejobs.data import DatasetError
 from cejobs.models.checkpoint import CheckpointError
 from cejobs.train.classifier import ClassifierTrainConfig, train_classifier
@@ -19,11 +20,6 @@ COMMANDS = {
 USER_ERRORS = (TrainError, DatasetError, CheckpointError)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def _type(f: dataclasses.Field):
     t = str(f.type)
     for name, kind in (("bool", bool), ("int", int), ("float", float)):
@@ -33,8 +29,8 @@ def _type(f: dataclasses.Field):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m cejobs.train", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ArgParser(prog="python -m cejobs.train", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
     for name, (config_cls, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
