@@ -293,3 +293,16 @@ def test_fake_gpus_get_one_worker_each(ray_gpu_cluster, tiny_models, tmp_path):
     assert len(actors) == 2 and len({a["pid"] for a in actors}) == 2, actors
     assert all(a["required_resources"].get("GPU") == 1 for a in actors), actors
     assert CEStore.open(store).done().all()
+
+
+@pytest.mark.ray_cluster
+def test_one_and_two_workers_give_equal_stores(ray_cluster, tiny_models, local_store, tmp_path):
+    """The driver joins the cluster by address; 1 and 2 workers make the same store."""
+    for workers in ("1", "2"):
+        store = tmp_path / f"w{workers}.zarr"
+        r = run_module("cejobs.generate", *gen_args(tiny_models["diffusion"], store),
+                       "--ray-address", ray_cluster.gcs_address, "--workers", workers,
+                       env=ray_cluster.env())
+        assert f"{SHARDS}/{SHARDS} shards done" in r.stdout, r.stderr
+        assert f"starting {workers} CPU worker(s)" in r.stderr, r.stderr
+        assert_same_store(store, local_store)

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,14 +38,11 @@ from cejobs.train.common import (
     resume_path,
     rng_state,
     set_rng_state,
+    option as _f,
     set_threads,
 )
 
 AUGMENTS = ("auto", "none", "crop-flip", "crop")
-
-
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass

@@ -15,11 +15,17 @@ import os
 import shlex
 import sys
 from functools import lru_cache
+from dataclasses import field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+
+def option(default, help: str, **kw):
+    """A config dataclass field with its help text (and flags like run=True) as metadata."""
+    return field(default=default, metadata={"help": help, **kw})
 
 
 class TrainError(Exception):

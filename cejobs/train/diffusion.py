@@ -13,7 +13,7 @@ import dataclasses
 import time
 from collections import deque
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -33,13 +33,10 @@ from cejobs.train.common import (
     resume_path,
     rng_state,
     set_rng_state,
+    option as _f,
     set_threads,
     stream_batch,
 )
-
-
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
