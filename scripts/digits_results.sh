@@ -9,8 +9,10 @@
 #   OUT          output folder: stores <method>.zarr and the reports eval/, eval-fig5/ [runs/digits-results]
 #   SOURCES      sources from the test split (450 = all of it) [450]
 #   STEPS        Euler-Maruyama steps of the diffusion methods [1000]
+#   ROBUST_PER_CLASS  robust CEs per target class [1]: the robust method is deterministic, so
+#                more than 1 only repeats the same CE
 #   CEC_SOURCES  sources of the CEs-of-robust-CEs store: the first CEC_SOURCES CEs of robust.zarr,
-#                i.e. all CEs of the first CEC_SOURCES/K robust sources [200]
+#                i.e. all CEs of the first CEC_SOURCES/K robust sources, K = 10 * ROBUST_PER_CLASS [200]
 #   CEC_PER_CLASS  CEs per target class of each of those sources (each costs a diffusion CE) [2]
 #   MODEL        diffusion checkpoint [data/digits/diffusion.pt]
 #   ROBUST_CLASSIFIER  classifier of the robust method [data/digits/classifier-l2-eps1.0.pt]
@@ -22,6 +24,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/digits-results}
 SOURCES=${SOURCES:-450}
 STEPS=${STEPS:-1000}
+ROBUST_PER_CLASS=${ROBUST_PER_CLASS:-1}
 CEC_SOURCES=${CEC_SOURCES:-200}
 CEC_PER_CLASS=${CEC_PER_CLASS:-2}
 PY=${PYTHON:-python}
@@ -40,7 +43,8 @@ for method in boltzmann gaussian boltzmann-exact; do
     gen "$method" --dataset digits --split test --sources "$SOURCES" --method "$method" \
         --steps "$STEPS" "${model[@]}"
 done
-gen robust --dataset digits --split test --sources "$SOURCES" --method robust "${robust[@]}"
+gen robust --dataset digits --split test --sources "$SOURCES" --method robust \
+    --per-class "$ROBUST_PER_CLASS" "${robust[@]}"
 # Paper fig. 5: Boltzmann CEs of the robust classifier's CEs (their targets are the labels)
 gen boltzmann-of-robust --dataset "store:$OUT/robust.zarr" --sources "$CEC_SOURCES" \
     --per-class "$CEC_PER_CLASS" --method boltzmann --steps "$STEPS" "${model[@]}"
@@ -53,4 +57,6 @@ echo "== $(date +%T) evaluate" >&2
 # fig. 5 on its own: CEs of clean data against CEs of robust CEs (the arrays are already there)
 "$PY" -m cejobs.evaluate --out "$OUT/eval-fig5" "${classifiers[@]}" "${extra[@]}" \
     --store "$OUT/boltzmann.zarr" --store "$OUT/boltzmann-of-robust.zarr" --no-progress
-echo "== $(date +%T) done; report: $OUT/eval/report.md (fig. 5: $OUT/eval-fig5/figures/distance_histograms.png)" >&2
+# the table of docs/evaluation.md "Digits results", from summary.json
+"$PY" scripts/digits_results_table.py "$OUT/eval/summary.json" > "$OUT/eval/digits_table.md"
+echo "== $(date +%T) done; table: $OUT/eval/digits_table.md; report: $OUT/eval/report.md (fig. 5: $OUT/eval-fig5/figures/distance_histograms.png)" >&2

@@ -35,8 +35,7 @@ def plot_distance_histograms(path, stores: dict, bins: int = 40) -> Path:
     """Paper figs. 2 and 5: density histograms of the L2 and L0 distances of different-class
     CEs, one curve per store, on shared bins. stores: label -> (l2, l0, same_class_mask),
     arrays of one shape (e.g. (N, K))."""
-    fig = Figure(figsize=(11, 4.2 + (0.2 * len(stores) if len(stores) > 3 else 0)),
-                 layout="constrained")
+    fig = Figure(figsize=(11, 4.2 + 0.2 * len(stores)), layout="constrained")
     axes = fig.subplots(1, 2)
     titles = (("L2 distance", "L2 = ||x - x_CE||_2 (image space)"),
               ("L0 distance", "L0 = fraction of the C*H*W elements with |x - x_CE| > 0.02"))
@@ -56,11 +55,8 @@ def plot_distance_histograms(path, stores: dict, bins: int = 40) -> Path:
         ax.set_title(f"Different-class CEs: {title}", fontsize=11)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
-        if len(stores) <= 3:
-            ax.legend(fontsize=8.5, frameon=False)
-        else:  # below the panel, so that it hides no curve
-            ax.legend(fontsize=8.5, frameon=False, loc="upper center",
-                      bbox_to_anchor=(0.5, -0.16))
+        # below the panel, so that it hides no curve (inside, it covered the peaks)
+        ax.legend(fontsize=8.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16))
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
