@@ -302,7 +302,7 @@ def test_one_and_two_workers_give_equal_stores(ray_cluster, tiny_models, local_s
         store = tmp_path / f"w{workers}.zarr"
         r = run_module("cejobs.generate", *gen_args(tiny_models["diffusion"], store),
                        "--ray-address", ray_cluster.gcs_address, "--workers", workers,
-                       env=ray_cluster.env())
+                       env=ray_cluster.env)
         assert f"{SHARDS}/{SHARDS} shards done" in r.stdout, r.stderr
         assert f"starting {workers} CPU worker(s)" in r.stderr, r.stderr
         assert_same_store(store, local_store)

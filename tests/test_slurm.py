@@ -55,11 +55,19 @@ def _claimer(root: Path, script: str) -> subprocess.Popen:
 
 def test_two_processes_never_claim_the_same_shard(tmp_path: Path) -> None:
     script = """
+        import random, time
+        order = list(range(300))
+        random.Random({seed}).shuffle(order)  # different orders: each wins some races
         print("ready", flush=True)
         sys.stdin.readline()
-        print(json.dumps([s for s in range(300) if board.try_claim(s)]), flush=True)
+        got = []
+        for s in order:  # a short pause per claim keeps both loops running together
+            if board.try_claim(s):
+                got.append(s)
+            time.sleep(0.001)
+        print(json.dumps(got), flush=True)
     """
-    procs = [_claimer(tmp_path, script) for _ in range(2)]
+    procs = [_claimer(tmp_path, script.replace("{seed}", str(seed))) for seed in range(2)]
     assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
     for p in procs:  # both race from (nearly) the same moment
         p.stdin.write("\n")
