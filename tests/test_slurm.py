@@ -265,18 +265,19 @@ def _wait_until(what: str, condition, timeout: float, cluster: SlurmCluster, job
         time.sleep(0.2)
 
 
-def _running_claims(claims: Path, age_s: float = 0.5) -> list[dict]:
-    """Claims held for at least `age_s` (so their shard is computing, not committing)."""
-    out = []
+def _running_claims(claims: Path, age_s: float = 0.05) -> list[dict]:
+    """Claims held for at least `age_s`, youngest first: the first has most of its shard to run,
+    so a stop signal sent to its task now lands mid-shard."""
+    found = []
     if not claims.is_dir():
-        return out
+        return found
     for p in claims.iterdir():
         try:
-            if p.name.isdigit() and time.time() - p.stat().st_mtime > age_s:
-                out.append(json.loads(p.read_text()))
+            if p.name.isdigit() and (age := time.time() - p.stat().st_mtime) > age_s:
+                found.append((age, json.loads(p.read_text())))
         except (OSError, ValueError):
             continue
-    return out
+    return [claim for _, claim in sorted(found, key=lambda pair: pair[0])]
 
 
 def _done_counts(logs: list[Path]) -> dict[int, int]:
