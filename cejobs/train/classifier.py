@@ -13,7 +13,6 @@ checkpoint's meta["metrics"].
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from contextlib import nullcontext
@@ -30,6 +29,7 @@ from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cejobs.train.common import (
     TrainError,
+    TrainSettings,
     check_resume_settings,
     command_line,
     config_dict,
@@ -46,7 +46,7 @@ AUGMENTS = ("auto", "none", "crop-flip", "crop")
 
 
 @dataclass
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(TrainSettings):
     dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH")
     data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)", run=True)
     preset: str = _f("wrn-40-2", "WideResNet preset; its image shape and classes follow the dataset",
@@ -75,10 +75,6 @@ class ClassifierTrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", run=True)
     threads: int = _f(0, "torch CPU threads (0: torch's default)", run=True)
     progress: bool = _f(True, "show a progress bar", run=True)
-
-    def identity(self) -> dict:
-        """The settings that decide the numbers; a resume must repeat them."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("run")}
 
 
 def pgd_l2(

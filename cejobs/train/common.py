@@ -28,6 +28,16 @@ def option(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+class TrainSettings:
+    """Base of the training configs: fields marked run=True (paths, device, logging) don't decide
+    the numbers; all the others do, and a resume must repeat them."""
+
+    def identity(self) -> dict:
+        """The settings that decide the numbers; a resume must repeat them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not f.metadata.get("run")}
+
+
 class TrainError(Exception):
     """A bad training setting or resume file; the message is one line."""
 

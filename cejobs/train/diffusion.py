@@ -9,7 +9,6 @@ which is what the output checkpoint holds.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import deque
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ from cejobs.sde import VPSDE
 from cejobs.train.common import (
     EMA,
     TrainError,
+    TrainSettings,
     check_resume_settings,
     command_line,
     config_dict,
@@ -40,7 +40,7 @@ from cejobs.train.common import (
 
 
 @dataclass
-class DiffusionTrainConfig:
+class DiffusionTrainConfig(TrainSettings):
     dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH")
     data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)", run=True)
     preset: str = _f("paper", "U-Net preset; its image shape and classes follow the dataset",
@@ -71,10 +71,6 @@ class DiffusionTrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N", run=True)
     threads: int = _f(0, "torch CPU threads (0: torch's default)", run=True)
     progress: bool = _f(True, "show a progress bar", run=True)
-
-    def identity(self) -> dict:
-        """The settings that decide the numbers; a resume must repeat them."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("run")}
 
 
 def _int_tuple(text: str, flag: str) -> tuple[int, ...]:
