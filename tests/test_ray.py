@@ -1,5 +1,5 @@
 """The Ray backend on a real local cluster: `ray job submit`, worker death, stop and resubmit,
-a NaN shard, an unwritable store, and one worker per (fake) GPU.
+a NaN shard, an unwritable store, one worker per (fake) GPU, and evaluation on the cluster.
 
 Every job runs the same tiny generation (6 shards) as one `--backend local` run, so each test
 checks its store against that run array for array. The cluster tests are marked `ray_cluster`;
@@ -8,8 +8,10 @@ the planning helpers at the top need no cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -306,3 +308,26 @@ def test_one_and_two_workers_give_equal_stores(ray_cluster, tiny_models, local_s
         assert f"{SHARDS}/{SHARDS} shards done" in r.stdout, r.stderr
         assert f"starting {workers} CPU worker(s)" in r.stderr, r.stderr
         assert_same_store(store, local_store)
+
+
+@pytest.mark.ray_cluster
+def test_evaluate_on_ray_equals_local(ray_cluster, tiny_models, local_store, tmp_path):
+    """`evaluate --backend ray` on the cluster writes the same eval arrays and summary as a
+    `--backend local` evaluation of the same store (one thread each)."""
+    results = {}
+    for backend, extra in (("local", []), ("ray", ["--ray-address", ray_cluster.gcs_address,
+                                                   "--workers", "2"])):
+        store = shutil.copytree(local_store, tmp_path / backend / "store.zarr")
+        out = tmp_path / backend / "out"
+        r = run_module("cejobs.evaluate", "--store", store, "--classifier",
+                       f"tiny={tiny_models['classifier']}", "--out", out, "--backend", backend,
+                       "--threads", "1", "--no-progress", *extra, env=ray_cluster.env)
+        assert f"{SHARDS} shard(s) to evaluate" in r.stdout + r.stderr, r.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        assert [s.pop("path") for s in summary["stores"]] == [str(store)]
+        results[backend] = zarr.open_group(str(store), mode="r"), summary
+    (local, local_summary), (ray_, ray_summary) = results["local"], results["ray"]
+    for name in ("eval/tiny/source_prob", "eval/tiny/ce_prob", "eval/tiny/done"):
+        np.testing.assert_array_equal(ray_[name][...], local[name][...], err_msg=name, strict=True)
+    assert ray_["eval/tiny/done"][...].all()
+    assert ray_summary == local_summary

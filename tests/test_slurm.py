@@ -1,4 +1,5 @@
-"""SLURM: shard claims, `sbatch slurm/gen_ce.sh`, and `--backend slurm` (submitit).
+"""SLURM: shard claims, `sbatch slurm/gen_ce.sh` and `slurm/eval_ce.sh`, and `--backend slurm`
+(submitit) for generation and evaluation.
 
 The claim tests need no cluster. The others run on the real local single-node SLURM
 (slurm/local/cluster.sh, fixture `slurm_cluster`): tiny seeded model, a config and stores
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -392,6 +394,66 @@ def test_stale_claim_of_an_ended_slurm_job_is_taken_over(slurm_cluster: SlurmClu
     me = ClaimBoard(tmp_path, Owner("here", 2, run="me"), lease_s=3600)
     assert me.stale_reason(me.read(0)) == f"owner SLURM job {job} is not running"
     assert me.acquire([0])[0].shard == 0
+
+
+# ============================================================================ evaluation
+def _evaluate_copy(work: dict, name: str, classifier: Path, *flags: str,
+                   env: dict | None = None) -> tuple[Path, Path, list[str]]:
+    """A copy of the reference store in its own folder, the evaluate arguments for it, and
+    (when flags are given) the evaluation run with them; returns (store, out, args)."""
+    folder = work["folder"] / f"eval {name}"
+    store = Path(shutil.copytree(work["reference"], folder / "store.zarr"))
+    out = folder / "eval out"
+    args = ["--store", str(store), "--classifier", f"tiny={classifier}", "--out", str(out)]
+    if flags:
+        run_module("cejobs.evaluate", *args, *flags, "--no-progress", env=env, timeout=400)
+    return store, out, args
+
+
+def _assert_same_evaluation(store: Path, out: Path, ref_store: Path, ref_out: Path) -> None:
+    a = zarr.open_group(str(store), mode="r")
+    b = zarr.open_group(str(ref_store), mode="r")
+    for name in ("eval/tiny/source_prob", "eval/tiny/ce_prob", "eval/tiny/done"):
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name, strict=True)
+    assert a["eval/tiny/done"][:].all()
+    summaries = []
+    for path, where in ((out, store), (ref_out, ref_store)):
+        summary = json.loads((path / "summary.json").read_text())
+        assert [s.pop("path") for s in summary["stores"]] == [str(where)]
+        summaries.append(summary)
+    assert summaries[0] == summaries[1]
+
+
+@pytest.mark.slurm
+def test_sbatch_eval_ce_and_submitit_evaluate_equal_local(slurm_cluster: SlurmCluster, work,
+                                                         tiny_models) -> None:
+    """`sbatch slurm/eval_ce.sh` (2 array tasks, then its summary job) and `evaluate --backend
+    slurm` write the same eval arrays and summary.json as a `--backend local` evaluation."""
+    cluster = _job_env(slurm_cluster)
+    clf = tiny_models["classifier"]
+    ref_store, ref_out, _ = _evaluate_copy(work, "local", clf, "--backend", "local",
+                                           "--threads", "1")
+
+    store, out, args = _evaluate_copy(work, "sbatch", clf)
+    job = cluster.sbatch(["--array=0-1", *TASK_FLAGS, str(REPO / "slurm" / "eval_ce.sh"), *args],
+                         cwd=work["folder"])
+    states = cluster.wait(job, timeout=240)
+    logs = sorted(work["folder"].glob(f"cejobs-eval-{job}_*.out"))
+    assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, \
+        [p.read_text() for p in logs]
+    assert _done_counts(logs) == {s: 1 for s in range(SHARDS)}  # each shard evaluated once
+    summary = _summary_job(logs)
+    assert cluster.wait(summary, timeout=180) == {summary: "COMPLETED"}
+    printed = (work["folder"] / f"cejobs-eval-summary-{summary}.out").read_text()
+    assert re.search(r"^store +tiny +8 ", printed, re.M), printed  # the terminal table's row
+    _assert_same_evaluation(store, out, ref_store, ref_out)
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    store, out, _ = _evaluate_copy(
+        work, "submitit", clf, "--backend", "slurm", "--workers", "2", "--slurm-cpus", "1",
+        "--slurm-mem-gb", "1", "--timeout-min", "15",
+        "--slurm-log-dir", str(work["folder"] / "eval submitit" / "logs"), env=env)
+    _assert_same_evaluation(store, out, ref_store, ref_out)
 
 
 # ============================================================================ submitit
