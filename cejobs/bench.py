@@ -28,6 +28,7 @@ from cejobs.models.compiled import maybe_compile
 from cejobs.models.unet import UNET_PRESETS, UNet
 from cejobs.noise import CENoise
 from cejobs.sampler import guided_eps, sample_ce
+from cejobs.threads import set_threads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.bench in ("sampler", "train") and args.device in ("auto", "cpu"):
-        torch.set_num_threads(os.cpu_count() or 1)
+        set_threads()
     result = {"sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
               "memory": bench_memory, "train": bench_train}[args.bench](args)
     print(json.dumps(result, indent=2))

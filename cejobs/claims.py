@@ -461,11 +461,9 @@ class Stopper:
 
 # ---------------------------------------------------------------------------- the loop
 def _start_worker(task: ShardTask, threads: int, make_worker: Callable | None):
-    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
-    if threads:
-        import torch
+    from cejobs.threads import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(threads)  # 0: the CPUs of this task (SLURM_CPUS_PER_TASK, affinity)
     if make_worker is None:
         from cejobs.workers import make_worker
     return make_worker(task)
@@ -486,7 +484,7 @@ def claim_loop(
     heartbeat_s: float = HEARTBEAT_S,  # heartbeat period
     max_attempts: int = 4,  # tries of a failing shard within one run, over all tasks
     stopper: Stopper | None = None,  # stop signals; None: run until no shard is left
-    threads: int = 0,  # torch threads (0: SLURM_CPUS_PER_TASK, else torch's default)
+    threads: int = 0,  # torch threads (0: the task's CPUs, cejobs.threads.available_cpus)
     start: int = 0,  # where to start in the pending list (spreads the first claims)
     make_worker: Callable | None = None,  # task -> worker; default cejobs.workers.make_worker
 ) -> LoopReport:

@@ -71,7 +71,7 @@ class GenerateConfig:
     compile: bool = _f(False, "torch.compile the diffusion network (2.2x on an H200; "
                               "falls back to eager if it fails)")
     workers: int = _f(0, "number of workers (0 = one per GPU, else one per CPU thread group)")
-    threads: int = _f(0, "torch threads per worker (0: all cores for local, 1 per Ray CPU worker)")
+    threads: int = _f(0, "torch threads per worker (0: the CPUs it may use for local and SLURM, 1 per Ray CPU worker)")
     gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)")
     max_retries: int = _f(3, "retries of a shard whose worker died (ray, slurm) "
                               "or that failed (slurm only)")

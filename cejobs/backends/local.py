@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.tasks import ShardTask, run_shard_safely
+from cejobs.threads import set_threads
 from cejobs.workers import make_worker
 
 
 class LocalBackend:
-    def __init__(self, threads: int = 0):  # torch threads; 0 keeps torch's default
+    def __init__(self, threads: int = 0):  # torch threads; 0: every available CPU
         self.threads = threads
 
     @classmethod
@@ -20,8 +19,7 @@ class LocalBackend:
         return cls(threads=config.threads)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        set_threads(self.threads)
         worker = make_worker(task)
         report = RunReport()
         for shard in shards:
