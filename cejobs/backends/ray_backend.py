@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -107,30 +108,58 @@ class ShardActor:
         return run_shard_safely(self.worker, shard)
 
 
+CONNECT_TIMEOUT_S = 15.0  # a cluster whose GCS does not accept a connection by then is unreachable
+
+
+def gcs_reachable(target: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether something accepts TCP connections at `target` (host:port of a GCS)."""
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def connect(address: str | None) -> str:
     """Join the cluster at `address` (else RAY_ADDRESS, as `ray job submit` sets it, else one
-    `ray start`ed on this node), or start a private local Ray. Returns what it did."""
+    `ray start`ed on this node), or start a private local Ray. Returns what it did.
+
+    Ray itself retries an unreachable address without end, so it is probed first: a given
+    address that does not answer within CONNECT_TIMEOUT_S is an error; the last `ray start`
+    address recorded on this node (/tmp/ray/ray_current_cluster) that does not answer is a
+    leftover of a cluster that is gone, and a private local Ray starts instead."""
     import ray
 
     if ray.is_initialized():
         return "connected"
-    target = address or os.environ.get("RAY_ADDRESS") or None
+    given = address or os.environ.get("RAY_ADDRESS") or None
+    target = given
     try:  # resolves None the way ray.init will: RAY_ADDRESS, then this node's `ray start`
         from ray._private.services import canonicalize_bootstrap_address
 
-        target = canonicalize_bootstrap_address(target)
+        target = canonicalize_bootstrap_address(given)
     except Exception:  # noqa: BLE001 - private API: fall back to what we were given
         pass
+    from cejobs.config import ConfigError
+
+    note = ""
+    if target and "://" not in target and not gcs_reachable(target):
+        if given:
+            raise ConfigError(f"cannot reach the Ray cluster at {given} within "
+                              f"{CONNECT_TIMEOUT_S:.0f} s (check --ray-address / RAY_ADDRESS)")
+        note = f" (the last `ray start` on this node, {target}, is gone)"
+        address, target = "local", None
     # A cluster forwards its workers' output into this driver, i.e. into the job's log.
     try:
         ray.init(address=address, log_to_driver=target is not None, logging_level="WARNING",
                  include_dashboard=False, dashboard_host=DASHBOARD_HOST)
     except ConnectionError as e:
-        from cejobs.config import ConfigError
-
         raise ConfigError(f"cannot reach the Ray cluster at {target or address}: "
                           f"{one_line(e)} (check --ray-address / RAY_ADDRESS)") from None
-    return f"joined the cluster at {target}" if target else "started a local Ray"
+    if not target:
+        return "started a local Ray" + note
+    return f"joined the cluster at {target}"
 
 
 @dataclass(frozen=True)
