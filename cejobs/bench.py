@@ -8,6 +8,7 @@ Subcommands:
   store     Fraction of shard time spent writing zarr, read from a finished store.
   memory    Peak RSS of the generate driver as the number of sources grows.
   train     Seconds per training iteration of a U-Net preset (forward, backward, Adam).
+  steps     CE quality at 1000, 500, 250, 100 steps on digits (same Brownian path per CE).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from cejobs import bench_steps
 from cejobs.models.compiled import maybe_compile
 from cejobs.models.unet import UNET_PRESETS, UNet
 from cejobs.noise import CENoise
@@ -302,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=None, help="folder for the synthetic store")
     p.add_argument("--shard-seconds", type=float, default=90.0,
                    help="shard compute time to compare with (H200, compiled bf16)")
+    bench_steps.add_parser(sub)
     p = sub.add_parser("memory")
     p.add_argument("--sources", type=int, nargs="+", default=[16, 128, 1024])
     p.add_argument("--json", default=None)
@@ -309,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench in ("sampler", "train") and args.device in ("auto", "cpu"):
         torch.set_num_threads(os.cpu_count() or 1)
     result = {"sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
-              "memory": bench_memory, "train": bench_train}[args.bench](args)
+              "memory": bench_memory, "train": bench_train,
+              "steps": bench_steps.bench_steps}[args.bench](args)
     print(json.dumps(result, indent=2))
+    if getattr(args, "markdown", False):
+        print(bench_steps.markdown_table(result))
     return 0
 
 
