@@ -56,21 +56,41 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Self-attention over pixels (score_sde `AttnBlock`); logits and softmax in fp32 (EDM AttentionOp)."""
 
-    def __init__(self, channels: int, max_groups: int, num_heads: int = 1):
+    def __init__(self, channels: int, max_groups: int, num_heads: int = 1, sdpa: bool = False):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
+        self.sdpa = sdpa  # F.scaled_dot_product_attention (the fast path turns it on)
         self.norm = _group_norm(channels, max_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.sdpa:
+            return self._forward_sdpa(x)
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b * self.num_heads, 3, c // self.num_heads, h * w).unbind(1)
         logits = torch.einsum("nci,ncj->nij", q.float(), k.float()) / math.sqrt(q.shape[1])
         weights = logits.softmax(dim=2).to(v.dtype)
         out = torch.einsum("nij,ncj->nci", weights, v).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+    def _forward_sdpa(self, x: Tensor) -> Tensor:
+        """The same attention through SDPA, tokens (b, heads, h*w, d) with d contiguous.
+
+        In channels-last memory the qkv conv's output already is (b, h*w, 3c): q, k and v are
+        views, no copy. The flash and memory-efficient kernels keep the softmax statistics in
+        fp32 (as EDM's AttentionOp asks) while q, k, v stay bf16; the math kernel in fp32 is
+        the einsum path up to rounding.
+        """
+        b, c, h, w = x.shape
+        n, d = self.num_heads, c // self.num_heads
+        # channels are ordered (head, q/k/v, d), as the einsum path's reshape reads them
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, n, 3, d)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (b, n, h*w, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.permute(0, 2, 1, 3).reshape(b, h, w, c).permute(0, 3, 1, 2)
         return x + self.proj(out)
 
 
