@@ -44,7 +44,7 @@ from cejobs.sde import VPSDE, time_grid
 @dataclass(frozen=True)
 class FastOptions:
     compile: bool = True  # torch.compile the whole guided step (falls back to eager)
-    compile_backend: str = "inductor"  # "aot_eager" traces without generating code (tests)
+    compile_backend: str | Callable = "inductor"  # "aot_eager": trace, no code generated
     cuda_graphs: bool = True  # on CUDA, mode="reduce-overhead": each step one graph replay
     channels_last: bool = True  # NHWC weights and activations
     sdpa: bool = True  # attention through F.scaled_dot_product_attention
