@@ -42,6 +42,7 @@ def _sync(device: torch.device) -> None:
 
 def _options(args) -> FastOptions:
     return FastOptions(compile=args.compile, cuda_graphs=not args.no_cuda_graphs,
+                       channels_last=not args.no_channels_last, sdpa=not args.no_sdpa,
                        compile_backend=args.compile_backend)
 
 
@@ -109,6 +110,7 @@ def check_sampler(args) -> dict:
     for precision in precisions:
         fast = FastSampler(copy.deepcopy(net), device, seed=args.seed, net_dtype=DTYPES[precision],
                            options=_options(args), **common)
+        fast.batch = max(args.fast_batch or b, b)
         t0 = time.perf_counter()
         out = fast.sample(mu, target, src, rep)
         _sync(device)
@@ -283,6 +285,11 @@ def add_sampler_flags(p) -> None:
     p.add_argument("--compile-backend", default="inductor",
                    help="--fast --compile: torch.compile backend (aot_eager: trace only)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="fast path without CUDA graphs")
+    p.add_argument("--no-channels-last", action="store_true", help="fast path in NCHW")
+    p.add_argument("--no-sdpa", action="store_true", help="fast path with einsum attention")
+    p.add_argument("--fast-batch", type=int, default=None,
+                   help="--check: pad the fast path's batch to this size (CEs do not depend "
+                        "on it), to reuse the compiled graph of a `--fast --batch N` run")
     p.add_argument("--compile-cache", default=None,
                    help="inductor cache folder (default: $TORCHINDUCTOR_CACHE_DIR, else "
                         "~/.cache/cejobs/inductor)")

@@ -19,13 +19,8 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 
-from cejobs.config import REPO_DATA
-from cejobs.data import load_dataset
-from cejobs.distances import l0_distance, l2_distance
-from cejobs.models.checkpoint import load_checkpoint
 from cejobs.noise import CENoise
 from cejobs.sampler import sample_ce, to_image_space, to_model_space
 
@@ -47,6 +42,11 @@ def _quantiles(v: torch.Tensor) -> list[float]:
 
 
 def bench_steps(args) -> dict:
+    from cejobs.config import REPO_DATA  # numpy and the data only here: bench.py needs torch only
+    from cejobs.data import load_dataset
+    from cejobs.distances import l0_distance, l2_distance
+    from cejobs.models.checkpoint import load_checkpoint
+
     torch.set_num_threads(args.threads)
     diffusion = load_checkpoint(args.model or REPO_DATA / "digits" / "diffusion.pt",
                                 expect_kind="diffusion")
