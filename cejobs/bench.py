@@ -11,6 +11,7 @@ Subcommands:
   train     Seconds per training iteration of a U-Net preset (forward, backward, Adam).
   generate  The generation worker's shards end to end (start-up, loading, sampling, writes),
             without a store: runs where zarr is not installed.
+  fusion    Which kernels torch.compile emits for GroupNorm + SiLU + conv (bf16).
   steps     CE quality at 1000, 500, 250, 100 steps on digits (same Brownian path per CE).
 """
 
@@ -310,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="shard compute time to compare with (H200, compiled bf16)")
     bench_steps.add_parser(sub)
     bench_fast.add_generate_parser(sub)
+    bench_fast.add_fusion_parser(sub)
     p = sub.add_parser("memory")
     p.add_argument("--sources", type=int, nargs="+", default=[16, 128, 1024])
     p.add_argument("--json", default=None)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
         print(json.dumps(result, indent=2))
         return bench_fast.main_check(result) if args.check else 0
-    result = {"generate": bench_fast.bench_generate, "sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
+    result = {"fusion": bench_fast.bench_fusion, "generate": bench_fast.bench_generate, "sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
               "memory": bench_memory, "train": bench_train,
               "steps": bench_steps.bench_steps}[args.bench](args)
     print(json.dumps(result, indent=2))

@@ -12,6 +12,7 @@
 #                   source loading, sampling, distances and writes reported apart. The GPU image
 #                   has no zarr, so np.savez stands in for the store write (bench store measures
 #                   zarr on its own: 0.094 s per 11.7 MiB shard);
+#   fusion          the kernels torch.compile emits for GroupNorm -> SiLU -> conv (bf16, 32x32x128);
 #   pytest          the GPU tests (fast path with CUDA graphs included) and the sampler tests.
 # Needs only torch and numpy: no ray, zarr or submitit, nothing installed. Results go to
 # ${OUT:-runs/gpu}/*.json; a summary of every figure is printed last.
@@ -42,17 +43,18 @@ if [ "${1:-}" = ablations ]; then
   bench abl-fast-eager 60 $F --fast
   exit 0
 fi
-bench fast-bf16 180 sampler $P --fast --compile --batch 1000 --steps 20 --repeat 3 \
+bench fast-bf16 170 sampler $P --fast --compile --batch 1000 --steps 20 --repeat 3 \
   --baseline --baseline-steps 3
-bench check-paper 170 sampler $P --check --compile --batch 100 --fast-batch 1000 --steps 1000
-bench generate-paper 110 generate $P --fast --compile --sources 250 --shard-size 50 \
+bench check-paper 150 sampler $P --check --compile --batch 100 --fast-batch 1000 --steps 1000
+bench generate-paper 100 generate $P --fast --compile --sources 250 --shard-size 50 \
   --per-class 2 --batch-size 1000 --steps 100
-left=$(( 450 - ($(date +%s) - start) ))
+bench fusion 45 fusion --device cuda --batch 64 --channels 128 --size 32
+left=$(( 440 - ($(date +%s) - start) ))
 if [ "$left" -gt 30 ]; then
   timeout "$left" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_noise.py \
     tests/test_neighborhood.py tests/test_sampler.py 2>&1 | tail -4 | tee "$out/pytest.txt"
 else
-  echo "pytest: skipped, $left s left of the 450 s budget" | tee "$out/pytest.txt"
+  echo "pytest: skipped, $left s left of the 440 s budget" | tee "$out/pytest.txt"
 fi
 python3 - "$out" <<'EOF'
 import json, sys
@@ -64,7 +66,7 @@ def load(name):
         return json.loads((out / f"{name}.json").read_text())
     except Exception:
         return None
-f, c, g = load("fast-bf16"), load("check-paper"), load("generate-paper")
+f, c, g, k = load("fast-bf16"), load("check-paper"), load("generate-paper"), load("fusion")
 na = "not measured (see the .err file)"
 print("\n== issue 16 figures:", (out / "device.txt").read_text().strip())
 if f:
@@ -99,6 +101,8 @@ if g:
           f"({g['write_stand_in']})")
 else:
     print("end to end:", na)
+print("GroupNorm+SiLU in one compiled kernel:",
+      k["group_norm_and_silu_in_one_kernel"] if k else na, k["kernels"] if k else "")
 print("pytest:", (out / "pytest.txt").read_text().strip().splitlines()[-1:])
 EOF
 echo "total: $(( $(date +%s) - start )) s"
