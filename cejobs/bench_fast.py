@@ -43,6 +43,7 @@ def _sync(device: torch.device) -> None:
 def _options(args) -> FastOptions:
     return FastOptions(compile=args.compile, cuda_graphs=not args.no_cuda_graphs,
                        channels_last=not args.no_channels_last, sdpa=not args.no_sdpa,
+                       triton_norm=args.triton_norm,
                        compile_backend=args.compile_backend)
 
 
@@ -328,6 +329,8 @@ def add_sampler_flags(p) -> None:
     p.add_argument("--no-cuda-graphs", action="store_true", help="fast path without CUDA graphs")
     p.add_argument("--no-channels-last", action="store_true", help="fast path in NCHW")
     p.add_argument("--no-sdpa", action="store_true", help="fast path with einsum attention")
+    p.add_argument("--triton-norm", action="store_true",
+                   help="fast path with the one-pass GroupNorm+SiLU Triton kernel (CUDA)")
     p.add_argument("--fast-batch", type=int, default=None,
                    help="--check: pad the fast path's batch to this size (CEs do not depend "
                         "on it), to reuse the compiled graph of a `--fast --batch N` run")

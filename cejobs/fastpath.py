@@ -49,6 +49,7 @@ class FastOptions:
     channels_last: bool = True  # NHWC weights and activations
     sdpa: bool = True  # attention through F.scaled_dot_product_attention
     pad_batches: bool = True  # pad short batches to the first batch's size: one compiled shape
+    triton_norm: bool = False  # CUDA: one-pass GroupNorm+SiLU Triton kernel (models/fused.py)
 
 
 def default_inductor_cache() -> Path:
@@ -138,6 +139,8 @@ class FastSampler:
         self.steps, self.seed = steps, seed
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self._said: set[str] = set()
+        if options.triton_norm:
+            self._use_triton_norm()
         grid = time_grid(steps, eps)  # float64 on the host; rounded once to the state dtype
         dt = torch.full_like(grid, -1.0 / steps)  # score_sde's step, not the grid spacing
         self.rows = torch.stack([grid, sde.alpha(grid), sde.sigma(grid), sde.beta(grid), dt],
@@ -162,6 +165,19 @@ class FastSampler:
         if message not in self._said:
             self._said.add(message)
             self.log(message)
+
+    def _use_triton_norm(self) -> None:
+        if self.device.type != "cuda":
+            self.say_once("fast path: the Triton GroupNorm+SiLU kernel needs CUDA; "
+                          "using PyTorch's")
+            return
+        try:
+            from cejobs.models.fused import use_fused_norm_act
+
+            use_fused_norm_act(self.net)
+        except Exception as e:  # noqa: BLE001 - no Triton, or it cannot build: PyTorch's
+            self.say_once(f"fast path: no Triton GroupNorm+SiLU ({type(e).__name__}: {e}); "
+                          f"using PyTorch's")
 
     def _eager_step(self, *args):
         return guided_step(self.net, self.score_fn, *args, **self.fixed)

@@ -16,9 +16,10 @@
 #   pytest          the GPU tests (fast path with CUDA graphs included) and the sampler tests.
 # Needs only torch and numpy: no ray, zarr or submitit, nothing installed. Results go to
 # ${OUT:-runs/gpu}/*.json; a summary of every figure is printed last.
-#   scripts/gpu_bench.sh ablations   the fast path without CUDA graphs, without channels-last,
-#                                    without SDPA, and the old --compile (network only) path
-#                                    (a fresh compile each; under 10 minutes)
+#   scripts/gpu_bench.sh ablations1  the fast path without CUDA graphs, without channels-last,
+#                                    without SDPA (a fresh compile each, at most 150 s)
+#   scripts/gpu_bench.sh ablations2  the fast path with the Triton GroupNorm+SiLU kernel, the
+#                                    old --compile (network only) path, the fast path eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/gpu}"
@@ -34,15 +35,19 @@ bench() {  # name, time limit (s), bench arguments
   grep -v Warning "$out/$name.err" | tail -3 | sed 's/^/  | /'
 }
 P="--preset paper --device cuda --precision bf16"
-if [ "${1:-}" = ablations ]; then
-  F="sampler $P --batch 1000 --steps 20 --repeat 3"
-  bench abl-no-graphs 140 $F --fast --compile --no-cuda-graphs
-  bench abl-no-channels-last 140 $F --fast --compile --no-channels-last
-  bench abl-no-sdpa 140 $F --fast --compile --no-sdpa
-  bench abl-net-compile 140 $F --compile
-  bench abl-fast-eager 60 $F --fast
-  exit 0
-fi
+F="sampler $P --batch 1000 --steps 20 --repeat 3"
+case "${1:-}" in
+  ablations1)
+    bench abl-no-graphs 150 $F --fast --compile --no-cuda-graphs
+    bench abl-no-channels-last 150 $F --fast --compile --no-channels-last
+    bench abl-no-sdpa 150 $F --fast --compile --no-sdpa
+    exit 0 ;;
+  ablations2)
+    bench abl-triton-norm 150 $F --fast --compile --triton-norm
+    bench abl-net-compile 150 $F --compile
+    bench abl-fast-eager 60 $F --fast
+    exit 0 ;;
+esac
 bench fast-bf16 170 sampler $P --fast --compile --batch 1000 --steps 20 --repeat 3 \
   --baseline --baseline-steps 3
 bench check-paper 150 sampler $P --check --compile --batch 100 --fast-batch 1000 --steps 1000

@@ -138,7 +138,7 @@ def _check_args(**kw):
                 method="boltzmann", w=15.0, sigma_ce=0.2, seed=0, precision="bf16",
                 tolerance=0.05, check_fp32=True, compile=False, no_cuda_graphs=False,
                 compile_backend="inductor", compile_cache=None, no_channels_last=False,
-                no_sdpa=False, fast_batch=None)
+                no_sdpa=False, fast_batch=None, triton_norm=False)
     return argparse.Namespace(**{**args, **kw})
 
 

@@ -32,6 +32,14 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
+def _norm_silu(norm: nn.GroupNorm, x: Tensor, kernel) -> Tensor:
+    if kernel is None:
+        return F.silu(norm(x))
+    from cejobs.models.fused import group_norm_silu
+
+    return group_norm_silu(x, norm, kernel)
+
+
 class ResBlock(nn.Module):
     """DDPM residual block (score_sde `ResnetBlockDDPM`): norm, act, conv, + time/class, norm, act,
     dropout, conv; a 1x1 shortcut when the width changes."""
@@ -45,11 +53,12 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.fused_kernel = None  # a one-pass GroupNorm+SiLU kernel (models/fused.py), on CUDA
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv0(F.silu(self.norm0(x)))
+        h = self.conv0(_norm_silu(self.norm0, x, self.fused_kernel))
         h = h + self.emb(F.silu(emb))[:, :, None, None]
-        h = self.conv1(self.dropout(F.silu(self.norm1(h))))
+        h = self.conv1(self.dropout(_norm_silu(self.norm1, h, self.fused_kernel)))
         return (x if self.skip is None else self.skip(x)) + h
 
 
@@ -189,6 +198,7 @@ class UNet(nn.Module):
 
         self.norm_out = _group_norm(ch, max_groups)
         self.conv_out = nn.Conv2d(ch, image_channels, 3, padding=1)
+        self.fused_kernel = None  # for norm_out, as in ResBlock
         self._init_weights(zero_init)
 
     def _init_weights(self, zero_init: bool) -> None:
@@ -230,7 +240,7 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             else:
                 h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
+        return self.conv_out(_norm_silu(self.norm_out, h, self.fused_kernel)).contiguous()
 
 
 # Constructor arguments of the presets. "paper": the paper's (DDPM's CIFAR10) net, 35.7M parameters
