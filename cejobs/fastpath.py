@@ -158,7 +158,11 @@ class FastSampler:
         self._graphs = False
         self._warm = 0
         if options.compile:
-            self._choose_compiled()
+            try:
+                self._choose_compiled()
+            except Exception as e:  # noqa: BLE001 - torch.compile unsupported here
+                self._graphs = False
+                self._fall_back(e)
 
     # ---------------------------------------------------------------- modes
     def say_once(self, message: str) -> None:
