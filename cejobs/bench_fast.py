@@ -50,7 +50,9 @@ def _options(args) -> FastOptions:
 def check_net(args, device: torch.device) -> tuple[UNet, str]:
     """The network of the check: `--model`, else the shipped digits model for the digits
     preset, else the preset with random weights. Random weights use zero_init=False: DDPM's
-    zero-initialised output layers would make eps = 0 and the check trivial."""
+    zero-initialised output layers would make eps = 0 and the check trivial. A random network
+    is no score, and its guided sampler is chaotic (docs/performance.md): its value measures
+    that, not the fast path; check with a trained checkpoint."""
     from cejobs.config import REPO_DATA
     from cejobs.models.checkpoint import load_checkpoint
 
@@ -63,15 +65,18 @@ def check_net(args, device: torch.device) -> tuple[UNet, str]:
     return net.to(device).eval(), f"preset {args.preset}, random weights (seed 0, no zero-init)"
 
 
-def check_sources(args, net: UNet, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images in [0, 1], labels) of n sources: digits train images, else seeded uniform noise."""
+def check_sources(args, net: UNet, n: int) -> tuple[torch.Tensor, str]:
+    """(n source images in [0, 1], what they are): the first digits train images for 8x8x1
+    nets where the dataset loads (it needs scikit-learn), else seeded uniform noise."""
     if tuple(net.image_shape) == (1, 8, 8):
-        from cejobs.data import load_dataset
+        try:
+            from cejobs.data import load_dataset
 
-        data = load_dataset("digits", None, "train")
-        return data.images(slice(0, n)), torch.as_tensor(data.labels[:n])
+            return load_dataset("digits", None, "train").images(slice(0, n)), "digits train"
+        except Exception as e:  # noqa: BLE001 - no scikit-learn (a bare GPU image)
+            print(f"digits sources unavailable ({e}); using uniform noise", file=sys.stderr)
     g = torch.Generator().manual_seed(0)
-    return torch.rand(n, *net.image_shape, generator=g), torch.zeros(n, dtype=torch.long)
+    return torch.rand(n, *net.image_shape, generator=g), "uniform noise (seed 0)"
 
 
 def relative_deviation(fast: torch.Tensor, ref: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -87,7 +92,7 @@ def check_sampler(args) -> dict:
     classes = net.num_classes
     b = args.batch
     n = (b + classes - 1) // classes  # each source gets one CE per class
-    x, _ = check_sources(args, net, n)
+    x, sources = check_sources(args, net, n)
     src = torch.arange(n).repeat_interleave(classes)[:b]
     target = torch.arange(classes).repeat(n)[:b]
     rep = torch.zeros(b, dtype=torch.long)
@@ -103,7 +108,8 @@ def check_sampler(args) -> dict:
     ref_s = time.perf_counter() - t0
     ref = to_image_space(ref).cpu()
 
-    result = dict(bench="sampler-check", device=_name(device), net=net_name, method=args.method,
+    result = dict(bench="sampler-check", device=_name(device), net=net_name, sources=sources,
+                  method=args.method,
                   steps=args.steps, ces=b, w=args.w, reference="fp32 eager sample_ce",
                   reference_seconds=ref_s, tolerance=args.tolerance, torch=torch.__version__)
     precisions = [args.precision] + (["fp32"] if args.check_fp32 and args.precision != "fp32"
