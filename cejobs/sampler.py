@@ -58,9 +58,9 @@ def guided_eps(
     return (1.0 + w) * eps_cond - w * eps_uncond
 
 
-def em_step(x: Tensor, score: Tensor, beta, dt: float, z: Tensor) -> tuple[Tensor, Tensor]:
+def em_step(x: Tensor, score: Tensor, beta, dt, z: Tensor) -> tuple[Tensor, Tensor]:
     """(x, x_mean) after one Euler-Maruyama step (score_sde EulerMaruyamaPredictor):
-    drift = f - g^2 s with f = -beta x / 2 and g^2 = beta; beta a float or a tensor."""
+    drift = f - g^2 s with f = -beta x / 2 and g^2 = beta; beta and dt floats or tensors."""
     drift = -0.5 * beta * x - beta * score
     x_mean = x + drift * dt
     return x_mean + (beta * -dt) ** 0.5 * z, x_mean
