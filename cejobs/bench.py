@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.bench in ("sampler", "train") and args.device in ("auto", "cpu"):
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(getattr(args, "threads", 0) or os.cpu_count() or 1)
     if args.bench == "sampler" and (args.check or args.fast):
         run = bench_fast.check_sampler if args.check else bench_fast.bench_fast_sampler
         result = run(args)

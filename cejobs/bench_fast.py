@@ -346,6 +346,7 @@ def add_sampler_flags(p) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="--fast: also time the fp32 eager sampler in the same run")
     p.add_argument("--baseline-steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="CPU: torch threads (0: all cores)")
 
 
 def add_generate_parser(sub) -> None:
