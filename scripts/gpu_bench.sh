@@ -111,7 +111,8 @@ if g:
     print(f"end to end, {g['shards']} shards of {g['ces_per_shard']} CEs at {g['steps']} steps: "
           f"{g['ces_per_s_at_1000_steps']:.2f} CE/s at 1000 steps over the last "
           f"{g['steady_shards']} shards, {ratio}   target >= 90%")
-    print(f"  start-up {g['startup_seconds']:.1f} s (dataset, checkpoint, model to GPU), compile "
+    print(f"  imports {g['imports_seconds'] or 0:.1f} s, start-up {g['startup_seconds']:.1f} s "
+          f"(dataset, checkpoint, model to GPU), compile "
           f"{g['compile_seconds'] or 0:.1f} s, first shard {g['first_shard_seconds']:.1f} s; per shard: "
           f"sources {g['load_seconds_mean']:.3f} s, sampling {g['sample_seconds_mean']:.2f} s, "
           f"distances+copy {g['other_seconds_mean']:.3f} s, write {g['write_seconds_mean']:.3f} s "
