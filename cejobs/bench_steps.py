@@ -42,7 +42,8 @@ def _quantiles(v: torch.Tensor) -> list[float]:
 
 
 def bench_steps(args) -> dict:
-    from cejobs.config import REPO_DATA  # numpy and the data only here: bench.py needs torch only
+    # numpy and the data only here: bench.py itself needs only torch
+    from cejobs.config import REPO_DATA
     from cejobs.data import load_dataset
     from cejobs.distances import l0_distance, l2_distance
     from cejobs.models.checkpoint import load_checkpoint
@@ -79,7 +80,8 @@ def bench_steps(args) -> dict:
                 z = coarse_noise(fine, s)
                 with torch.no_grad():
                     m = sample_ce(net, latents, mu, target[b], method=method, w=args.w,
-                                  sigma_ce=args.sigma_ce, steps=s, randn_like=lambda i, _x: z[i])
+                                  sigma_ce=args.sigma_ce, steps=s,
+                                  randn_like=lambda i, _x, z=z: z[i])
                 ces[s].append(to_image_space(m, centered))
             if args.floor:  # the same CE with independent noise (seed + 1): the spread of CEs
                 other = CENoise(args.seed + 1, src[b], target[b], replicate[b])
@@ -121,8 +123,9 @@ def markdown_table(result: dict) -> str:
     def q(v):
         return " / ".join(f"{x:.3f}" for x in v)
 
-    lines = ["| method | steps | L2 q10 / q50 / q90 | L0 q10 / q50 / q90 | standard clf. accuracy "
-             "| L2 to the reference CE (most steps, same noise), q10 / q50 / q90 |", "|---|---|---|---|---|---|"]
+    header = ("| method | steps | L2 q10 / q50 / q90 | L0 q10 / q50 / q90 | standard clf. accuracy "
+              "| L2 to the reference CE (most steps, same noise), q10 / q50 / q90 |")
+    lines = [header, "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['method']} | {r['steps']} | {q(r['l2_quantiles'])} | "
                      f"{q(r['l0_quantiles'])} | {100 * r['standard_accuracy']:.1f}% | "

@@ -47,7 +47,7 @@ print(json.dumps(out))
 def test_kernel_matches_group_norm_silu_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                       env=env, cwd=REPO, timeout=300)
+                       env=env, cwd=REPO, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(results) == 6
