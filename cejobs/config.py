@@ -68,8 +68,15 @@ class GenerateConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     batch_size: int = _f(256, "CEs per sampler batch (the network sees twice this); "
                               "evaluate: images per classifier batch")
-    compile: bool = _f(False, "torch.compile the diffusion network (2.2x on an H200; "
-                              "falls back to eager if it fails)")
+    compile: bool = _f(False, "torch.compile the diffusion network, or with --fast the "
+                              "whole step (2.2x on an H200; falls back to eager if it fails)")
+    fast: bool = _f(False, "fast sampling path: channels-last, SDPA attention, noise made on "
+                           "the device, no host sync per step; with --compile the whole guided "
+                           "step is compiled (CUDA graphs on a GPU); each part falls back when "
+                           "it cannot run (docs/performance.md)")
+    compile_cache: str | None = _f(None, "folder for torch.compile's kernel cache (--compile, "
+                                         "--fast); unset: $TORCHINDUCTOR_CACHE_DIR, else "
+                                         "~/.cache/cejobs/inductor")
     workers: int = _f(0, "number of workers (0 = one per GPU, else one per CPU thread group)")
     threads: int = _f(0, "torch threads per worker (0: the CPUs it may use for local and SLURM, 1 per Ray CPU worker)")
     gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)")
