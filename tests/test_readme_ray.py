@@ -47,9 +47,13 @@ def test_readme_ray_commands_work_after_a_default_run(tmp_path):
                PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp))
 
     # a default-shaped run: generate on a private local Ray, which writes ~/.ray/auth_token
-    run_module("cejobs.generate", "--sources", "2", "--shard-size", "2", "--steps", "5",
-               "--store", tmp_path / "default.zarr", "--no-progress", env=env)
-    assert (home / ".ray" / "auth_token").is_file()
+    # (`env` replaces os.environ whole: the session's test clusters set RAY_AUTH_MODE there)
+    r = subprocess.run([sys.executable, "-m", "cejobs.generate", "--sources", "2",
+                        "--shard-size", "2", "--steps", "5", "--store",
+                        str(tmp_path / "default.zarr"), "--no-progress"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (home / ".ray" / "auth_token").is_file(), r.stdout + r.stderr
 
     block = readme_block()
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=scratch, env=env,
@@ -66,7 +70,7 @@ def test_readme_ray_commands_work_after_a_default_run(tmp_path):
     # the same CEs as a local run of the same flags
     local = tmp_path / "local.zarr"
     run_module("cejobs.generate", "--backend", "local", "--threads", "1", "--sources", "4",
-               "--shard-size", "2", "--steps", "50", "--store", local, "--no-progress", env=env)
+               "--shard-size", "2", "--steps", "50", "--store", local, "--no-progress")
     a = zarr.open_group(str(scratch / "runs" / "ray-try.zarr"), mode="r")
     b = zarr.open_group(str(local), mode="r")
     for name in ("source/x", "ce/x", "ce/target", "ce/l2", "ce/l0", "shard/done"):
