@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from cejobs.config import ConfigError
 from cejobs.data import DatasetError
 from cejobs.models.checkpoint import CheckpointError
-from cejobs.store import StoreError
+from cejobs.run.store import StoreError
+from cejobs.settings import ConfigError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, StoreError)
 EXIT_USAGE = 2

@@ -13,10 +13,10 @@ import zarr
 from cejobs import evaluate, generate
 from cejobs.cli import run_cli
 from cejobs.eval import metrics as M
-from cejobs.eval.worker import KILL_AFTER_ENV
 from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import load_checkpoint, save_checkpoint
-from cejobs.store import CEStore
+from cejobs.run.store import CEStore
+from tests.kill_after import KILL_AFTER_ENV
 from tests.conftest import run_module
 
 FAST = ["--backend", "local", "--threads", "1", "--no-progress"]
@@ -167,7 +167,8 @@ def test_resume_after_kill(world, tmp_path):
     killed, whole = _copy(world, "clean", tmp_path), tmp_path / "whole.zarr"
     shutil.copytree(killed, whole)
     args = ["--store", killed, *clfs, "--out", tmp_path / "o1", "--no-figures", *FAST]
-    r = run_module("cejobs.evaluate", *args, env={KILL_AFTER_ENV: "3"}, check=False)
+    r = run_module("tests.kill_after", "cejobs.evaluate", *args, env={KILL_AFTER_ENV: "3"},
+                   check=False)
     assert r.returncode == -9, r.stderr
     store = CEStore.open(killed)
     done_a, done_b = store.done("eval/a"), store.done("eval/b")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cejobs.models import UNET_PRESETS, UNet
-from cejobs.noise import CENoise
-from cejobs.sampler import sample_ce, to_image_space
+from cejobs.method.noise import CENoise
+from cejobs.method.sampler import sample_ce, to_image_space
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (GPU-only check)")

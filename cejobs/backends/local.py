@@ -1,14 +1,11 @@
-"""In-process backend: one worker, shards in order. For debugging and tests."""
+"""In-process backend: one worker, shards in order. For debugging, tests and notebooks."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
 from cejobs.backends.base import OnResult, RunReport
-from cejobs.tasks import ShardTask, run_shard_safely
-from cejobs.workers import make_worker
+from cejobs.run.tasks import ShardTask, run_shard_safely
 
 
 class LocalBackend:
@@ -16,13 +13,15 @@ class LocalBackend:
         self.threads = threads
 
     @classmethod
-    def from_config(cls, config) -> "LocalBackend":
-        return cls(threads=config.threads)
+    def from_config(cls, resources) -> "LocalBackend":
+        return cls(threads=resources.threads)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         if self.threads:
+            import torch
+
             torch.set_num_threads(self.threads)
-        worker = make_worker(task)
+        worker = task.job.make_worker(task)
         report = RunReport()
         for shard in shards:
             result = run_shard_safely(worker, shard)

@@ -27,6 +27,8 @@ from tqdm import tqdm
 from cejobs.data import ImageDataset, load_dataset
 from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cejobs.devices import resolve_device
+from cejobs.settings import setting as _f
 from cejobs.train.common import (
     TrainError,
     TrainSettings,
@@ -34,11 +36,9 @@ from cejobs.train.common import (
     command_line,
     config_dict,
     epoch_order,
-    resolve_device,
     resume_path,
     rng_state,
     set_rng_state,
-    option as _f,
     set_threads,
 )
 
@@ -47,34 +47,32 @@ AUGMENTS = ("auto", "none", "crop-flip", "crop")
 
 @dataclass
 class ClassifierTrainConfig(TrainSettings):
-    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH")
-    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)", run=True)
+    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH", identity=True)
+    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)")
     preset: str = _f("wrn-40-2", "WideResNet preset; its image shape and classes follow the dataset",
-                     choices=tuple(WRN_PRESETS))
-    dropout: float | None = _f(None, "dropout (default: 0.3 when --eps is 0, else 0)")
-    epochs: int = _f(100, "training epochs", run=True)
-    batch_size: int = _f(128, "images per step")
-    lr: float = _f(1e-3, "Adam learning rate (betas 0.9, 0.999)")
-    eps: float = _f(0.0, "L2 radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)")
-    pgd_steps: int = _f(8, "PGD steps of adversarial training")
-    pgd_step_size: float | None = _f(None, "PGD step size (default: 2.5 * eps / pgd_steps)")
+                     choices=tuple(WRN_PRESETS), identity=True)
+    dropout: float | None = _f(None, "dropout (default: 0.3 when --eps is 0, else 0)", identity=True)
+    epochs: int = _f(100, "training epochs")
+    batch_size: int = _f(128, "images per step", identity=True)
+    lr: float = _f(1e-3, "Adam learning rate (betas 0.9, 0.999)", identity=True)
+    eps: float = _f(0.0, "L2 radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)", identity=True)
+    pgd_steps: int = _f(8, "PGD steps of adversarial training", identity=True)
+    pgd_step_size: float | None = _f(None, "PGD step size (default: 2.5 * eps / pgd_steps)", identity=True)
     augment: str = _f("auto", "auto (crop-flip for cifar10, else none) | none | crop-flip | crop",
-                      choices=AUGMENTS)
-    eval_split: str = _f("test", "split for the final accuracies", run=True)
-    eval_eps: str | None = _f(None, "comma-separated L2 eps of the final PGD evaluation (default: --eps if > 0)",
-                              run=True)
-    eval_steps: str = _f("8,20", "comma-separated PGD step counts of the final evaluation", run=True)
-    eval_batch_size: int = _f(500, "images per evaluation batch", run=True)
-    precision: str = _f("fp32", "network precision (bf16 autocast on GPUs)", choices=("fp32", "bf16"))
-    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU and GPU)")
-    seed: int = _f(0, "seed of the initial weights, data order and augmentation")
-    out: str = _f("runs/classifier.pt", "output checkpoint; resume state goes to OUT.resume.pt", run=True)
-    save_every: int = _f(10, "write OUT.resume.pt every this many epochs and at the end (0: never)", run=True)
-    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --epochs extends)",
-                            run=True)
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N", run=True)
-    threads: int = _f(0, "torch CPU threads (0: torch's default)", run=True)
-    progress: bool = _f(True, "show a progress bar", run=True)
+                      choices=AUGMENTS, identity=True)
+    eval_split: str = _f("test", "split for the final accuracies")
+    eval_eps: str | None = _f(None, "comma-separated L2 eps of the final PGD evaluation (default: --eps if > 0)")
+    eval_steps: str = _f("8,20", "comma-separated PGD step counts of the final evaluation")
+    eval_batch_size: int = _f(500, "images per evaluation batch")
+    precision: str = _f("fp32", "network precision (bf16 autocast on GPUs)", choices=("fp32", "bf16"), identity=True)
+    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU and GPU)", identity=True)
+    seed: int = _f(0, "seed of the initial weights, data order and augmentation", identity=True)
+    out: str = _f("runs/classifier.pt", "output checkpoint; resume state goes to OUT.resume.pt")
+    save_every: int = _f(10, "write OUT.resume.pt every this many epochs and at the end (0: never)")
+    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --epochs extends)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = _f(0, "torch CPU threads (0: torch's default)")
+    progress: bool = _f(True, "show a progress bar")
 
 
 def pgd_l2(

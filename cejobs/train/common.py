@@ -15,43 +15,25 @@ import os
 import shlex
 import sys
 from functools import lru_cache
-from dataclasses import field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-
-def option(default, help: str, **kw):
-    """A config dataclass field with its help text (and flags like run=True) as metadata."""
-    return field(default=default, metadata={"help": help, **kw})
+from cejobs.settings import identity_of
 
 
 class TrainSettings:
-    """Base of the training configs: fields marked run=True (paths, device, logging) don't decide
-    the numbers; all the others do, and a resume must repeat them."""
+    """Base of the training configs: fields marked identity=True decide the numbers, and a
+    resume must repeat them; the others (paths, device, logging) may change."""
 
     def identity(self) -> dict:
-        """The settings that decide the numbers; a resume must repeat them."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if not f.metadata.get("run")}
+        return identity_of(self)
 
 
 class TrainError(Exception):
     """A bad training setting or resume file; the message is one line."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise TrainError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {name}: no CUDA device is available (use --device cpu)")
-    return device
 
 
 def set_threads(threads: int) -> None:

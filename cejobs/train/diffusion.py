@@ -20,7 +20,9 @@ from tqdm import tqdm
 from cejobs.data import load_dataset
 from cejobs.models import UNET_PRESETS, UNet
 from cejobs.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from cejobs.sde import VPSDE
+from cejobs.method.sde import VPSDE
+from cejobs.devices import resolve_device
+from cejobs.settings import setting as _f
 from cejobs.train.common import (
     EMA,
     TrainError,
@@ -29,11 +31,9 @@ from cejobs.train.common import (
     command_line,
     config_dict,
     lr_at,
-    resolve_device,
     resume_path,
     rng_state,
     set_rng_state,
-    option as _f,
     set_threads,
     stream_batch,
 )
@@ -41,36 +41,34 @@ from cejobs.train.common import (
 
 @dataclass
 class DiffusionTrainConfig(TrainSettings):
-    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH")
-    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)", run=True)
+    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH", identity=True)
+    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)")
     preset: str = _f("paper", "U-Net preset; its image shape and classes follow the dataset",
-                     choices=tuple(UNET_PRESETS))
-    base_channels: int | None = _f(None, "override the preset's base width")
-    channel_mult: str | None = _f(None, "override the preset's width multipliers, e.g. 1,2,2,2")
-    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution")
-    attn_resolutions: str | None = _f(None, "override the preset's attention resolutions, e.g. 16 ('' for none)")
-    dropout: float | None = _f(None, "override the preset's dropout")
-    steps: int = _f(1_000_000, "training steps (paper: 1M)", run=True)
-    batch_size: int = _f(128, "images per step")
-    lr: float = _f(2e-4, "Adam learning rate")
-    warmup: int = _f(5000, "linear learning-rate warm-up steps")
-    grad_clip: float = _f(1.0, "gradient-norm clip (0: off)")
-    label_drop: float = _f(0.3, "probability of replacing a label by the null label")
-    ema: float = _f(0.9999, "EMA decay of the saved weights (short runs: 0.999)")
-    t_eps: float = _f(1e-5, "smallest training time t (score_sde's continuous-time eps)")
+                     choices=tuple(UNET_PRESETS), identity=True)
+    base_channels: int | None = _f(None, "override the preset's base width", identity=True)
+    channel_mult: str | None = _f(None, "override the preset's width multipliers, e.g. 1,2,2,2", identity=True)
+    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution", identity=True)
+    attn_resolutions: str | None = _f(None, "override the preset's attention resolutions, e.g. 16 ('' for none)", identity=True)
+    dropout: float | None = _f(None, "override the preset's dropout", identity=True)
+    steps: int = _f(1_000_000, "training steps (paper: 1M)")
+    batch_size: int = _f(128, "images per step", identity=True)
+    lr: float = _f(2e-4, "Adam learning rate", identity=True)
+    warmup: int = _f(5000, "linear learning-rate warm-up steps", identity=True)
+    grad_clip: float = _f(1.0, "gradient-norm clip (0: off)", identity=True)
+    label_drop: float = _f(0.3, "probability of replacing a label by the null label", identity=True)
+    ema: float = _f(0.9999, "EMA decay of the saved weights (short runs: 0.999)", identity=True)
+    t_eps: float = _f(1e-5, "smallest training time t (score_sde's continuous-time eps)", identity=True)
     precision: str = _f("fp32", "network precision (bf16 autocast on GPUs; loss and optimizer in fp32)",
-                        choices=("fp32", "bf16"))
-    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU and GPU)")
-    seed: int = _f(0, "seed of the initial weights, data order and noise")
-    out: str = _f("runs/diffusion.pt", "output checkpoint (EMA weights); resume state goes to OUT.resume.pt",
-                  run=True)
-    save_every: int = _f(5000, "write OUT.resume.pt every this many steps and at the end (0: never)", run=True)
-    log_every: int = _f(1000, "print a log line every this many steps", run=True)
-    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --steps extends)",
-                            run=True)
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N", run=True)
-    threads: int = _f(0, "torch CPU threads (0: torch's default)", run=True)
-    progress: bool = _f(True, "show a progress bar", run=True)
+                        choices=("fp32", "bf16"), identity=True)
+    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU and GPU)", identity=True)
+    seed: int = _f(0, "seed of the initial weights, data order and noise", identity=True)
+    out: str = _f("runs/diffusion.pt", "output checkpoint (EMA weights); resume state goes to OUT.resume.pt")
+    save_every: int = _f(5000, "write OUT.resume.pt every this many steps and at the end (0: never)")
+    log_every: int = _f(1000, "print a log line every this many steps")
+    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --steps extends)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = _f(0, "torch CPU threads (0: torch's default)")
+    progress: bool = _f(True, "show a progress bar")
 
 
 def _int_tuple(text: str, flag: str) -> tuple[int, ...]:

@@ -2,6 +2,8 @@
 
 A shard computes its CEs, writes its rows of every array, then its done flag
 (docs/design.md §6-7). The same class runs in-process, in a Ray actor and in a SLURM task.
+What differs between methods (checkpoint, extra arrays, the CE maker) comes from
+`cejobs.method.methods.METHODS`.
 """
 
 from __future__ import annotations
@@ -11,48 +13,42 @@ import time
 import numpy as np
 import torch
 
-from cejobs.config import GenerateConfig
 from cejobs.data import load_dataset
-from cejobs.distances import l0_distance, l2_distance
+from cejobs.method.distances import l0_distance, l2_distance
+from cejobs.method.methods import METHODS
 from cejobs.models.checkpoint import load_checkpoint
 from cejobs.models.compiled import maybe_compile
-from cejobs.noise import CENoise
-from cejobs.plan import make_plan
-from cejobs.robust import robust_ce
-from cejobs.sampler import sample_ce, to_image_space, to_model_space
-from cejobs.store import CEStore
-from cejobs.tasks import ShardError, ShardResult, ShardTask, resolve_device, worker_name
-
-NET_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from cejobs.run.config import GenerateConfig
+from cejobs.run.plan import make_plan
+from cejobs.run.store import CEStore
+from cejobs.devices import resolve_device
+from cejobs.run.tasks import ShardError, ShardResult, ShardTask, worker_name
 
 
 class GenerateWorker:
     """Loads the dataset and the model once; `run_shard(s)` makes and stores shard s's CEs."""
 
     def __init__(self, task: ShardTask, device: str | None = None):
-        self.config = config = GenerateConfig(**task.config)
+        self.config: GenerateConfig = task.config
+        config = self.config
+        self.method = METHODS[config.method]
         self.device = resolve_device(device or config.device)
         self.store = CEStore.open(task.store)
         self.dataset = load_dataset(config.dataset, config.data_root, config.split)
         self.plan = make_plan(config, len(self.dataset), self.dataset.num_classes)
-        identity = self.store.identity
-        if config.method == "robust":
-            ckpt = load_checkpoint(config.resolved_classifier(), expect_kind="classifier")
-            expected = identity.get("classifier_sha256")
-        else:
-            ckpt = load_checkpoint(config.resolved_model(), expect_kind="diffusion")
-            expected = identity.get("model_sha256")
-            self.centered = bool(ckpt.meta.get("centered", True))
+        ckpt = load_checkpoint(self.method.checkpoint_path(config),
+                               expect_kind=self.method.checkpoint)
+        expected = self.store.identity.get(self.method.sha256_field)
         if ckpt.sha256 != expected:
             raise ShardError(f"checkpoint on {worker_name()} has sha256 {ckpt.sha256[:12]}, "
                              f"the store was made with {str(expected)[:12]}")
+        self.meta = ckpt.meta
         self.net = ckpt.model.to(self.device).eval()
-        if config.method != "robust":
-            self.net, self.net_mode = maybe_compile(self.net, config.compile)
+        if self.method.compile:
+            self.net, _ = maybe_compile(self.net, config.compile)
         self.targets = torch.as_tensor(self.plan.targets())
         self.replicates = torch.as_tensor(self.plan.replicates())
 
-    # ------------------------------------------------------------------ shard
     def run_shard(self, shard: int) -> ShardResult:
         started_at, t0 = time.time(), time.perf_counter()
         rows = self.plan.shard_rows(shard)
@@ -66,13 +62,8 @@ class GenerateWorker:
         replicate = self.replicates.repeat(n)
         mu = x.repeat_interleave(k, dim=0)
 
-        extras: dict[str, np.ndarray] = {}
-        if self.config.method == "robust":
-            x_ce, steps, reached = self._robust(mu, target)
-            extras["ce/robust_steps"] = steps.view(n, k).numpy()
-            extras["ce/robust_reached"] = reached.view(n, k).numpy()
-        else:
-            x_ce = self._diffusion(mu, src, target, replicate)
+        x_ce, extras = self.method.make(self.net, self.meta, self.config, mu, src, target,
+                                        replicate, self.device)
         bad = int((~torch.isfinite(x_ce)).flatten(1).any(1).sum())
         if bad:
             raise ShardError(f"shard {shard}: {bad} of {len(x_ce)} CEs are not finite")
@@ -88,39 +79,8 @@ class GenerateWorker:
             "ce/target": target.view(n, k).numpy(),
             "ce/l2": l2.view(n, k).numpy(),
             "ce/l0": l0.view(n, k).numpy(),
-            **extras,
+            **{name: v.view(n, k).numpy() for name, v in extras.items()},
         }
         write_seconds = self.store.write_shard(shard, data, started_at=started_at)
         return ShardResult(shard, ces=n * k, seconds=time.perf_counter() - t0,
                            write_seconds=write_seconds, worker=worker_name())
-
-    def _batches(self, total: int):
-        size = self.config.batch_size
-        return [slice(i, min(i + size, total)) for i in range(0, total, size)]
-
-    def _diffusion(self, mu, src, target, replicate) -> torch.Tensor:
-        c = self.config
-        out = []
-        for b in self._batches(len(mu)):
-            noise = CENoise(c.seed, src[b], target[b], replicate[b])
-            mu_b = to_model_space(mu[b], self.centered).to(self.device)
-            latents = noise.latents(mu_b)
-            m = sample_ce(
-                self.net, latents, mu_b, target[b].to(self.device), method=c.method, w=c.w,
-                sigma_ce=c.sigma_ce, steps=c.steps, randn_like=noise,
-                net_dtype=NET_DTYPES[c.precision],
-            )
-            out.append(to_image_space(m, self.centered).cpu())
-        return torch.cat(out)
-
-    def _robust(self, x, target):
-        c = self.config
-        xs, steps, reached = [], [], []
-        for b in self._batches(len(x)):
-            r = robust_ce(self.net, x[b].to(self.device), target[b].to(self.device),
-                          step_size=c.robust_step_size, max_steps=c.robust_max_steps,
-                          threshold=c.robust_threshold)
-            xs.append(r.x.cpu())
-            steps.append(r.steps.cpu())
-            reached.append(r.reached.cpu())
-        return torch.cat(xs), torch.cat(steps), torch.cat(reached)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from cejobs.backends.base import OnResult, RunReport
-from cejobs.tasks import ShardResult, ShardTask
+from cejobs.run.tasks import ShardResult, ShardTask
 
 DASHBOARD_HOST = "127.0.0.1"  # never expose Ray's dashboard beyond this host
 WAIT_LOG_SECONDS = 60.0  # how often to say that no actor has started yet
@@ -46,17 +46,25 @@ def one_line(error: BaseException | str) -> str:
 
 
 def loss_reason(error: BaseException) -> str:
-    """One line on why an actor is gone: which process, where, and Ray's stated cause."""
-    text = str(error)
-    pid, ip = re.search(r"\bpid: (\d+)", text), re.search(r"\bip: (\S+)", text)
-    cause = re.search(r"The actor is dead because (.+?)\.", text)
-    exit_type = re.search(r"Worker exit type: (\w+)", text)
-    if not (pid or cause):
+    """One line on why an actor is gone, classified by Ray's public exception types."""
+    from ray import exceptions as rx
+
+    if getattr(error, "preempted", False):
+        why = "its node was preempted"
+    elif isinstance(error, rx.NodeDiedError):
+        why = "its node died"
+    elif isinstance(error, rx.OutOfMemoryError):
+        why = "killed by Ray's memory monitor"
+    elif isinstance(error, rx.ActorUnavailableError):
+        why = "unreachable"
+    elif getattr(error, "actor_init_failed", False):
+        why = "its start-up raised"
+    elif isinstance(error, (rx.ActorDiedError, rx.WorkerCrashedError)):
+        why = "its process died"
+    else:
         return one_line(error)
-    where = f"pid {pid[1]}" + (f" on {ip[1]}" if ip else "") if pid else ""
-    why = "; ".join(x for x in (cause[1] if cause else "",
-                                f"exit type {exit_type[1]}" if exit_type else "") if x)
-    return f"{type(error).__name__} ({'; '.join(x for x in (where, why) if x)})"
+    actor = getattr(error, "actor_id", None)
+    return f"{type(error).__name__} ({why}{f'; actor {actor[:12]}' if actor else ''})"
 
 
 def actor_device(config_device: str, gpu_ids: Sequence[Any], cuda_available: bool) -> str:
@@ -75,18 +83,17 @@ class ShardActor:
         import ray
         import torch
 
-        from cejobs.tasks import worker_name
-        from cejobs.workers import make_worker
+        from cejobs.run.tasks import worker_name
 
         torch.set_num_threads(threads)
         self.worker, self.error = None, None
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if use_gpu else []
-        self.device = actor_device(task.config.get("device", "auto"), self.gpu_ids,
+        self.device = actor_device(task.config.device, self.gpu_ids,
                                    torch.cuda.is_available())
         try:
-            self.worker = make_worker(task, self.device)
+            self.worker = task.job.make_worker(task, self.device)
         except Exception as e:  # reported by ready(): the backend retires this actor
-            from cejobs.store import StoreError
+            from cejobs.run.store import StoreError
 
             hint = (" (the store must be on storage every node shares)"
                     if isinstance(e, StoreError) else "")
@@ -100,7 +107,7 @@ class ShardActor:
                     threads=torch.get_num_threads(), error=self.error)
 
     def run(self, shard: int) -> ShardResult:
-        from cejobs.tasks import run_shard_safely
+        from cejobs.run.tasks import run_shard_safely
 
         if self.worker is None:
             return ShardResult(shard, error=str(self.error), worker=self.name)
@@ -112,25 +119,23 @@ def connect(address: str | None) -> str:
     `ray start`ed on this node), or start a private local Ray. Returns what it did."""
     import ray
 
+    from cejobs.run.config import ConfigError
+
     if ray.is_initialized():
         return "connected"
-    target = address or os.environ.get("RAY_ADDRESS") or None
-    try:  # resolves None the way ray.init will: RAY_ADDRESS, then this node's `ray start`
-        from ray._private.services import canonicalize_bootstrap_address
-
-        target = canonicalize_bootstrap_address(target)
-    except Exception:  # noqa: BLE001 - private API: fall back to what we were given
-        pass
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
     # A cluster forwards its workers' output into this driver, i.e. into the job's log.
+    options = dict(logging_level="WARNING", include_dashboard=False,
+                   dashboard_host=DASHBOARD_HOST)
     try:
-        ray.init(address=address, log_to_driver=target is not None, logging_level="WARNING",
-                 include_dashboard=False, dashboard_host=DASHBOARD_HOST)
+        ray.init(address=target, log_to_driver=True, **options)
     except ConnectionError as e:
-        from cejobs.config import ConfigError
-
-        raise ConfigError(f"cannot reach the Ray cluster at {target or address}: "
-                          f"{one_line(e)} (check --ray-address / RAY_ADDRESS)") from None
-    return f"joined the cluster at {target}" if target else "started a local Ray"
+        if target != "auto":  # an address was given: it must be reachable
+            raise ConfigError(f"cannot reach the Ray cluster at {target}: {one_line(e)} "
+                              f"(check --ray-address / RAY_ADDRESS)") from None
+        ray.init(log_to_driver=False, **options)  # no cluster on this node: a private one
+        return "started a local Ray"
+    return f"joined the cluster at {ray.get_runtime_context().gcs_address}"
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,7 @@ class ActorPlan:
 def plan_actors(resources: dict[str, float], *, workers: int, threads: int,
                 gpus_per_worker: float, device: str, shards: int) -> ActorPlan:
     """How many actors of which shape, from the cluster's resources and the run's flags."""
-    from cejobs.config import ConfigError
+    from cejobs.run.config import ConfigError
 
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
     if device.startswith("cuda") and not gpus:
