@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tomllib
+import types
 import typing
 from dataclasses import field
 from pathlib import Path
@@ -49,8 +50,9 @@ def identity_of(settings) -> dict[str, Any]:
 def _kind(cls, f: dataclasses.Field) -> type:
     """bool, int, float, str, or list (of str), from the field's annotation."""
     hint = typing.get_type_hints(cls)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    base = typing.get_origin(args[0]) or args[0]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    base = typing.get_origin(hint) or hint
     return base if base in (bool, int, float, list) else str
 
 

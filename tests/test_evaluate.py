@@ -12,6 +12,7 @@ import zarr
 
 from cejobs import evaluate, generate
 from cejobs.cli import run_cli
+from cejobs.eval import inputs
 from cejobs.eval import metrics as M
 from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import load_checkpoint, save_checkpoint
@@ -102,7 +103,7 @@ def _assert_close(a, b, path="summary"):
 def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, capsys):
     """No --classifier on digits stores: the shipped ones. Sharded results equal a single pass;
     summary.json, tables, report and figures are all written, labelled by store name."""
-    monkeypatch.setattr(evaluate, "SHIPPED_DIGITS", world["shipped"])
+    monkeypatch.setattr(inputs, "SHIPPED_DIGITS", world["shipped"])
     clean, cec = _copy(world, "clean", tmp_path), _copy(world, "cec", tmp_path)
     assert _main(["--store", clean, "--store", cec, *FAST]) == 0
     out_text = capsys.readouterr().out
