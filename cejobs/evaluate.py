@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cejobs import api
+from cejobs.api import callable_module
 from cejobs.backends import make_backend
 from cejobs.eval import report as R
 from cejobs.eval.assemble import assemble
@@ -123,6 +125,8 @@ def console() -> None:
 
     run_cli(main)
 
+
+callable_module(__name__, api.evaluate)  # cejobs.evaluate(**fields): the Python API
 
 if __name__ == "__main__":
     console()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+from cejobs import api
+from cejobs.api import callable_module
 from cejobs.backends import make_backend
 from cejobs.data import load_dataset
 from cejobs.method.methods import METHODS
@@ -96,6 +98,8 @@ def console() -> None:
 
     run_cli(main)
 
+
+callable_module(__name__, api.generate)  # cejobs.generate(**fields): the Python API
 
 if __name__ == "__main__":
     console()
