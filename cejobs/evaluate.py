@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cejobs import api
-from cejobs.api import callable_module
 from cejobs.backends import make_backend
+from cejobs.cli import command
 from cejobs.eval import report as R
 from cejobs.eval.assemble import assemble
 from cejobs.eval.inputs import (Classifier, check_inputs, default_classifier_paths, default_out,
@@ -115,18 +115,8 @@ def run_evaluate(config: EvaluateConfig) -> tuple[list[R.StoreResult], int]:
     return results, 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_evaluate(parse_evaluate_args(argv))[1]
-
-
-def console() -> None:
-    """The `cejobs-evaluate` console script."""
-    from cejobs.cli import run_cli
-
-    run_cli(main)
-
-
-callable_module(__name__, api.evaluate)  # cejobs.evaluate(**fields): the Python API
+# `python -m cejobs.evaluate`, `cejobs-evaluate`, and the API call cejobs.evaluate(**fields)
+main, console = command(__name__, parse_evaluate_args, run_evaluate, api.evaluate)
 
 if __name__ == "__main__":
     console()

@@ -12,8 +12,8 @@ import shlex
 import sys
 
 from cejobs import api
-from cejobs.api import callable_module
 from cejobs.backends import make_backend
+from cejobs.cli import command
 from cejobs.data import load_dataset
 from cejobs.method.methods import METHODS
 from cejobs.models.checkpoint import load_checkpoint
@@ -88,18 +88,8 @@ def run_generate(config: GenerateConfig) -> tuple[CEStore, int]:
     return store, 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_generate(parse_generate_args(argv))[1]
-
-
-def console() -> None:
-    """The `cejobs-generate` console script."""
-    from cejobs.cli import run_cli
-
-    run_cli(main)
-
-
-callable_module(__name__, api.generate)  # cejobs.generate(**fields): the Python API
+# `python -m cejobs.generate`, `cejobs-generate`, and the API call cejobs.generate(**fields)
+main, console = command(__name__, parse_generate_args, run_generate, api.generate)
 
 if __name__ == "__main__":
     console()

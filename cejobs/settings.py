@@ -28,13 +28,40 @@ class ConfigError(ValueError):
     """A bad flag, TOML key or value; its message is one line saying how to fix it."""
 
 
-def setting(default, help: str, *, identity: bool = False, choices=None):
-    """A settings field: its default, its help line, whether it decides the numbers."""
+def setting(default, help: str, *, identity: bool = False, choices=None,
+            ge: float | None = None, gt: float | None = None, lt: float | None = None):
+    """A settings field: its default, its help line, whether it decides the numbers, and the
+    range its value must lie in (checked by `typed`, with the flag's name in the message)."""
+    meta = {"help": help, "identity": identity, "choices": choices,
+            "range": (ge, gt, lt) if (ge, gt, lt) != (None, None, None) else None}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default),
-                     metadata={"help": help, "identity": identity, "choices": choices})
-    return field(default=default, metadata={"help": help, "identity": identity,
-                                            "choices": choices})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def check(checks: list[tuple[bool, str]], error: type[Exception] = ConfigError) -> None:
+    """Raise `error` with the message of the first failed (ok, message) check."""
+    for ok, message in checks:
+        if not ok:
+            raise error(message)
+
+
+def _check_range(name: str, value, bounds) -> None:
+    ge, gt, lt = bounds
+    if value is None:
+        return
+    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else None
+    if low and lt is not None:
+        ok, want = ((value >= ge) if ge is not None else (value > gt)) and value < lt, \
+            f"in {low}, {lt:g})"
+    elif ge is not None:
+        ok, want = value >= ge, f">= {ge:g}"
+    elif gt is not None:
+        ok, want = value > gt, f"> {gt:g}"
+    else:
+        ok, want = value < lt, f"< {lt:g}"
+    if not ok:
+        raise ConfigError(f"{flag(name)} must be {want} (got {value})")
 
 
 def flag(name: str) -> str:
@@ -127,6 +154,13 @@ def typed(cls: type[T], values: dict[str, Any], source: str = "configuration") -
             raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
         out[key] = value
     settings = cls(**out)
+    for f in dataclasses.fields(cls):
+        value, choices = getattr(settings, f.name), f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{flag(f.name)} must be one of {', '.join(choices)} "
+                              f"(got {value!r})")
+        if f.metadata.get("range"):
+            _check_range(f.name, value, f.metadata["range"])
     if hasattr(settings, "validate"):
         settings.validate()
     return settings

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The `cejobs-status` console script."""
+    """The `cejobs-status` console script. (cejobs.cli loads torch, which the SLURM summary
+    step, importing this module, does without.)"""
     from cejobs.cli import run_cli
 
     run_cli(main)

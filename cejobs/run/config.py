@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from cejobs.backends import BACKENDS as _BACKEND_TABLE
 from cejobs.method.methods import METHODS
-from cejobs.settings import ConfigError, flag, identity_of, parse, setting, typed
+from cejobs.settings import ConfigError, identity_of, parse, setting, typed
 
 PRECISIONS = ("fp32", "bf16")
 CE_DTYPES = ("float32", "float16")
@@ -30,21 +30,6 @@ REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 _f = setting
 
 
-def _check(checks: list[tuple[bool, str]]) -> None:
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-
-
-def _check_choices(settings, names: Sequence[str]) -> None:
-    fields = settings.__dataclass_fields__
-    for name in names:
-        choices = fields[name].metadata["choices"]
-        if getattr(settings, name) not in choices:
-            raise ConfigError(f"{flag(name)} must be one of {', '.join(choices)}"
-                              f" (got {getattr(settings, name)!r})")
-
-
 @dataclass
 class Resources:
     """Where and how shards run; the same for generate and evaluate."""
@@ -52,12 +37,12 @@ class Resources:
     backend: str = _f("ray", "where shards run", choices=BACKENDS)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     batch_size: int = _f(256, "CEs per sampler batch (the network sees twice this); "
-                              "evaluate: images per classifier batch")
-    workers: int = _f(0, "number of workers (0 = one per GPU, else one per CPU thread group)")
-    threads: int = _f(0, "torch threads per worker (0: all cores for local, 1 per Ray CPU worker)")
-    gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)")
+                              "evaluate: images per classifier batch", ge=1)
+    workers: int = _f(0, "number of workers (0 = one per GPU, else one per CPU thread group)", ge=0)
+    threads: int = _f(0, "torch threads per worker (0: all cores for local, 1 per Ray CPU worker)", ge=0)
+    gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)", gt=0)
     max_retries: int = _f(3, "retries of a shard whose worker was lost (ray: actor or node "
-                             "died; slurm: claim gone stale); a shard that raised is not retried")
+                             "died; slurm: claim gone stale); a shard that raised is not retried", ge=0)
     max_in_flight: int = _f(0, "ray: shards queued per worker at most (0 = 2)")
     ray_address: str | None = _f(None, "ray cluster address; unset: RAY_ADDRESS, else a local Ray")
     partition: str | None = _f(None, "slurm: partition")
@@ -66,24 +51,15 @@ class Resources:
     slurm_mem_gb: int = _f(16, "slurm: memory per array task, GB")
     timeout_min: int = _f(240, "slurm: time limit per array task, minutes")
     slurm_max_timeouts: int = _f(1000, "slurm: requeues after a time-out or preemption per "
-                                       "task at most (submitit slurm_max_num_timeout)")
+                                       "task at most (submitit slurm_max_num_timeout)", ge=0)
     array_parallelism: int = _f(64, "slurm: array tasks running at once at most")
     slurm_log_dir: str | None = _f(None, "slurm: folder for submitit logs; unset: <store>.logs")
     progress: bool = _f(True, "show a progress bar")
 
     def validate(self) -> None:
         """Raise ConfigError on the first bad value."""
-        _check([
-            (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})"),
-            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
-            (self.threads >= 0, f"--threads must be >= 0 (got {self.threads})"),
-            (self.max_retries >= 0, f"--max-retries must be >= 0 (got {self.max_retries})"),
-            (self.gpus_per_worker > 0, "--gpus-per-worker must be > 0"),
-            (self.slurm_max_timeouts >= 0, "--slurm-max-timeouts must be >= 0"),
-            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
-             f"--device must be auto, cpu, cuda or cuda:N (got {self.device!r})"),
-        ])
-        _check_choices(self, ["backend"])
+        if re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is None:
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
 
 
 @dataclass
@@ -99,11 +75,11 @@ class GenerateConfig(Resources):
                              identity=True)
     method: str = _f("boltzmann", "neighbourhood score, or robust-classifier CEs",
                      identity=True, choices=tuple(METHODS))
-    w: float = _f(15.0, "classifier-free guidance weight (paper eq. 3)", identity=True)
-    sigma_ce: float = _f(0.2, "neighbourhood scale, in model space [-1, 1]", identity=True)
-    steps: int = _f(1000, "Euler-Maruyama steps", identity=True)
-    per_class: int = _f(2, "CEs per target class per source", identity=True)
-    shard_size: int = _f(2, "sources per shard (= zarr chunk along N)", identity=True)
+    w: float = _f(15.0, "classifier-free guidance weight (paper eq. 3)", identity=True, ge=0)
+    sigma_ce: float = _f(0.2, "neighbourhood scale, in model space [-1, 1]", identity=True, gt=0)
+    steps: int = _f(1000, "Euler-Maruyama steps", identity=True, ge=1)
+    per_class: int = _f(2, "CEs per target class per source", identity=True, ge=1)
+    shard_size: int = _f(2, "sources per shard (= zarr chunk along N)", identity=True, ge=1)
     seed: int = _f(0, "run seed: the noise of each CE depends only on it and the CE's position",
                    identity=True)
     model: str | None = _f(None, "diffusion checkpoint; unset: data/digits/diffusion.pt")
@@ -113,9 +89,9 @@ class GenerateConfig(Resources):
     precision: str = _f("fp32", "network precision (SDE state and scores stay fp32)",
                         identity=True, choices=PRECISIONS)
     ce_dtype: str = _f("float32", "dtype of ce/x in the store", identity=True, choices=CE_DTYPES)
-    robust_step_size: float = _f(0.05, "robust: L2 length of each gradient step", identity=True)
-    robust_max_steps: int = _f(200, "robust: step cap", identity=True)
-    robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this", identity=True)
+    robust_step_size: float = _f(0.05, "robust: L2 length of each gradient step", identity=True, gt=0)
+    robust_max_steps: int = _f(200, "robust: step cap", identity=True, ge=1)
+    robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this", identity=True, gt=0, lt=1)
     # --- inputs (may move between a run and its resume)
     store: str | None = _f(None, "zarr store path; unset: runs/<dataset>-<method>.zarr")
     compile: bool = _f(False, "torch.compile the diffusion network (2.2x on an H200; "
@@ -155,17 +131,8 @@ class GenerateConfig(Resources):
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise ConfigError on the first bad value; checks nothing on disk but the dataset name."""
-        _check([
-            (self.sigma_ce > 0, f"--sigma-ce must be > 0 (got {self.sigma_ce})"),
-            (self.steps >= 1, f"--steps must be >= 1 (got {self.steps})"),
-            (self.w >= 0, f"--w must be >= 0 (got {self.w})"),
-            (self.per_class >= 1, f"--per-class must be >= 1 (got {self.per_class})"),
-            (self.shard_size >= 1, f"--shard-size must be >= 1 (got {self.shard_size})"),
-            (0 <= self.seed < 2**63, f"--seed must be in [0, 2^63) (got {self.seed})"),
-            (self.robust_step_size > 0, "--robust-step-size must be > 0"),
-            (self.robust_max_steps >= 1, "--robust-max-steps must be >= 1"),
-            (0 < self.robust_threshold < 1, "--robust-threshold must be in (0, 1)"),
-        ])
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be in [0, 2^63) (got {self.seed})")
         super().validate()
         if self.indices is None and (self.sources is None or self.sources < 1):
             raise ConfigError("give --sources N (N >= 1) or --indices A:B")
@@ -176,7 +143,6 @@ class GenerateConfig(Resources):
             raise ConfigError(
                 f"unknown --dataset {ds!r}: use digits, cifar10, svhn, a PATH.npz or store:PATH"
             )
-        _check_choices(self, ("method", "precision", "ce_dtype", "split"))
 
 
 @dataclass

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import shlex
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -22,11 +22,22 @@ import torch
 from torch import nn
 
 from cejobs.settings import identity_of
+from cejobs.settings import setting as _f
 
 
+@dataclass
 class TrainSettings:
-    """Base of the training configs: fields marked identity=True decide the numbers, and a
-    resume must repeat them; the others (paths, device, logging) may change."""
+    """The fields both training configs have. Fields marked identity=True decide the numbers,
+    and a resume must repeat them; the others (paths, device, logging) may change."""
+
+    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH", identity=True)
+    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)")
+    batch_size: int = _f(128, "images per step", identity=True, ge=1)
+    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU "
+                                   "and GPU)", identity=True)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = _f(0, "torch CPU threads (0: torch's default)")
+    progress: bool = _f(True, "show a progress bar")
 
     def identity(self) -> dict:
         return identity_of(self)
@@ -114,6 +125,21 @@ def check_resume_settings(path: str, saved: dict[str, Any], current: dict[str, A
         raise TrainError(f"{path} was written with other settings; resume with the same ones: " + "; ".join(diffs))
 
 
+def open_resume(cfg, trainer: str, device) -> tuple[Any, dict[str, Any]]:
+    """The resume file `cfg.resume` of `trainer` (diffusion | classifier), checked against the
+    settings of `cfg`: (its checkpoint, its training state)."""
+    from cejobs.models.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(cfg.resume, expect_kind=trainer, map_location=device)
+    except CheckpointError as exc:
+        raise TrainError(f"--resume: {exc}") from exc
+    if state.extra.get("trainer") != trainer:
+        raise TrainError(f"{cfg.resume} is not a {trainer} resume file (written by --save-every)")
+    check_resume_settings(cfg.resume, state.extra["config"], cfg.identity())
+    return state, state.extra
+
+
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -132,9 +158,3 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
     """Linear warm-up over `warmup` steps, then constant (score_sde / DDPM)."""
     return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
 
-
-def remove_if_exists(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
