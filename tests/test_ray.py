@@ -23,8 +23,8 @@ import pytest
 import torch
 import zarr
 
-from cejobs.backends.ray import (ShardActor, actor_device, loss_reason, one_line,
-                                        plan_actors)
+from cejobs.backends.ray.actors import ShardActor, actor_device, plan_actors
+from cejobs.backends.ray.cluster import loss_reason, one_line
 from cejobs.run.config import ConfigError, GenerateConfig
 from cejobs.models import UNET_PRESETS, UNet
 from cejobs.models.checkpoint import save_checkpoint
