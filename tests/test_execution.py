@@ -22,11 +22,15 @@ LAYOUT = Layout(num_sources=6, ces_per_source=2, num_classes=2, image_shape=(1, 
 
 
 def _store(path) -> CEStore:
-    return create_or_open(path, {"seed": 0}, LAYOUT, generation_arrays(), {"config": {}})
+    """A store of ce/l2 and l0 only (and the shard flags and timings)."""
+    arrays = {k: v for k, v in generation_arrays().items()
+              if k in ("ce/l2", "ce/l0") or k.startswith("shard/")}
+    return create_or_open(path, {"seed": 0}, LAYOUT, arrays, {"config": {}})
 
 
 def _shard(value: float) -> dict[str, np.ndarray]:
-    return {"ce/l2": np.full((2, 2), value, np.float32)}
+    return {"ce/l2": np.full((2, 2), value, np.float32),
+            "ce/l0": np.full((2, 2), value, np.float32)}
 
 
 def test_evaluate_kind_asks_the_store(tmp_path):
