@@ -4,6 +4,10 @@ The Python API runs the same code as the CLIs (cejobs.api):
 `cejobs.generate(...)`, `cejobs.open_store(path)`, `cejobs.evaluate(...)`.
 """
 
+from cejobs.threads import passive_openmp_default
+
+passive_openmp_default()  # before any cejobs module loads torch (cejobs/threads.py)
+
 __version__ = "0.1.0"
 
 

@@ -8,6 +8,7 @@ Subcommands:
   store     Fraction of shard time spent writing zarr, read from a finished store.
   memory    Peak RSS of the generate driver as the number of sources grows.
   train     Seconds per training iteration of a U-Net preset (forward, backward, Adam).
+  load      A tiny generation per backend, idle and beside CPU burners (cejobs/bench_load.py).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from pathlib import Path
 
 import torch
 
+from cejobs import bench_load
 from cejobs.models.compiled import maybe_compile
 from cejobs.models.unet import UNET_PRESETS, UNet
 from cejobs.method.noise import CENoise
 from cejobs.method.sampler import guided_eps, sample_ce
+from cejobs.threads import set_threads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -306,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("memory")
     p.add_argument("--sources", type=int, nargs="+", default=[16, 128, 1024])
     p.add_argument("--json", default=None)
+    bench_load.add_parser(sub)
     args = parser.parse_args(argv)
     if args.bench in ("sampler", "train") and args.device in ("auto", "cpu"):
-        torch.set_num_threads(os.cpu_count() or 1)
+        set_threads()
     result = {"sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
-              "memory": bench_memory, "train": bench_train}[args.bench](args)
+              "memory": bench_memory, "train": bench_train,
+              "load": bench_load.bench_load}[args.bench](args)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -26,6 +26,7 @@ and their descendants (job drivers start their own sessions) by pid. It does not
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
@@ -134,10 +136,16 @@ class RayCluster:
 
     def submit(self, entrypoint: Sequence[str], *, submission_id: str | None = None,
                wait: bool = True, runtime_env: Path | None = REPO_ROOT / "ray" / "runtime_env.yaml",
+               env_vars: dict[str, str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """`ray job submit --address <dashboard> [--runtime-env ...] [--no-wait] -- entrypoint`."""
+        """`ray job submit --address <dashboard> [--runtime-env ...] [--no-wait] -- entrypoint`;
+        `env_vars` are added to the runtime env's (then sent as --runtime-env-json)."""
         args = ["job", "submit", "--address", self.dashboard_url, "--log-style", "record"]
-        if runtime_env is not None:
+        if env_vars:
+            spec = yaml.safe_load(runtime_env.read_text()) if runtime_env else {}
+            spec["env_vars"] = {**spec.get("env_vars", {}), **env_vars}
+            args += ["--runtime-env-json", json.dumps(spec)]
+        elif runtime_env is not None:
             args += ["--runtime-env", str(runtime_env)]
         if submission_id:
             args += ["--submission-id", submission_id]

@@ -16,6 +16,7 @@ import zarr
 
 from cejobs.run.store import CEStore
 from tests.conftest import REPO, run_module
+from tests.gate import Gate
 
 STEPS = "12"
 
@@ -114,17 +115,19 @@ def test_resume_of_complete_store_does_nothing(reference, tiny_models):
 
 
 def test_interrupted_run_resumes_to_the_same_store(reference, tiny_models, tmp_path):
+    """SIGKILL while the run holds shard 2 at the test gate (tests/gate.py): shards 0 and 1
+    are done, whatever the machine's speed, and the resume does the other four."""
     store = tmp_path / "killed.zarr"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    gate = Gate(tmp_path / "gate")
+    gate.allow(0, 1)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **gate.env}
     proc = subprocess.Popen([sys.executable, "-m", "cejobs.generate",
                              *gen_args(tiny_models, store, "--shard-size", "1", "--steps", "40")],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if (store / "shard/done").exists() and CEStore.open(store).done().sum() >= 2:
-                break
+        deadline = time.monotonic() + 600
+        while 2 not in gate.waiting() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:

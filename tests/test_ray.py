@@ -31,6 +31,7 @@ from cejobs.models.checkpoint import save_checkpoint
 from cejobs.run.store import CEStore
 from cejobs.run.tasks import ShardTask
 from tests.conftest import run_module
+from tests.gate import Gate
 
 SHARDS, SHARD_SIZE, STEPS = 6, 2, 40  # about 2 s a shard on one thread of this machine
 DATA_ARRAYS = ("source/x", "source/y", "source/index", "ce/x", "ce/target", "ce/l2", "ce/l0",
@@ -216,15 +217,22 @@ def test_unwritable_store_is_one_clear_line(ray_cluster, tiny_models, tmp_path):
 
 @pytest.mark.ray_cluster
 def test_worker_killed_mid_shard_is_retried(ray_cluster, tiny_models, local_store, tmp_path):
+    """Shard 0 is allowed through the test gate (tests/gate.py), the others wait there; the
+    actor holding one is killed, so the kill lands mid-run on any machine."""
     store = tmp_path / "killed.zarr"
+    gate = Gate(tmp_path / "gate")
+    gate.allow(0)
     sid = f"cejobs-kill-{uuid.uuid4().hex[:8]}"
     r = ray_cluster.submit(job(*gen_args(tiny_models["diffusion"], store)), submission_id=sid,
-                           wait=False)
+                           wait=False, env_vars=gate.env)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: done_count(store) >= 1, 240, "a first shard")
-    victim = wait_for(lambda: ray_cluster.actors(state="ALIVE"), 30, "an alive ShardActor")[0]
+    held = wait_for(gate.waiting, 240, "a worker holding a shard at the gate")
+    victim = next(iter(held.values()))
+    assert victim in {a["pid"] for a in ray_cluster.actors(state="ALIVE", detail=True)}
     done_at_kill = done_count(store)
-    os.kill(victim["pid"], signal.SIGKILL)  # mid-shard: every actor has shards queued
+    os.kill(victim, signal.SIGKILL)  # mid-shard: every actor has shards queued
+    gate.open()
     assert ray_cluster.wait_job(sid) == "SUCCEEDED", ray_cluster.jobs().get_job_logs(sid)
     logs = ray_cluster.jobs().get_job_logs(sid)
     assert done_at_kill < SHARDS
@@ -240,15 +248,18 @@ def test_job_stop_then_resubmit_runs_only_unfinished(ray_cluster, tiny_models, l
     store = tmp_path / "stopped.zarr"
     args = job(*gen_args(tiny_models["diffusion"], store))
     first = f"cejobs-stop-{uuid.uuid4().hex[:8]}"
-    # one worker: shards finish one by one, so the stop lands mid-run (workers is an
-    # execution field: the resubmission may use two)
-    r = ray_cluster.submit([*args, "--workers", "1"], submission_id=first, wait=False)
+    # one worker, and only shard 0 through the test gate: the stop lands mid-run on any
+    # machine (workers is an execution field: the resubmission may use two)
+    gate = Gate(tmp_path / "gate")
+    gate.allow(0)
+    r = ray_cluster.submit([*args, "--workers", "1"], submission_id=first, wait=False,
+                           env_vars=gate.env)
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: done_count(store) >= 1, 240, "a first shard")
     r = ray_cluster.cli("job", "stop", "--address", ray_cluster.dashboard_url, first)
     assert r.returncode == 0, r.stdout + r.stderr
     assert ray_cluster.wait_job(first) == "STOPPED"
-    wait_for(lambda: not ray_cluster.actors(state="ALIVE"), 60, "the job's actors to exit")
+    wait_for(lambda: not ray_cluster.actors(state="ALIVE"), 240, "the job's actors to exit")
 
     s = CEStore.open(store)
     done = [int(i) for i in np.flatnonzero(s.done())]
@@ -283,18 +294,24 @@ def test_nan_shard_is_reported_and_not_done(ray_cluster, nan_model, tmp_path):
 
 @pytest.mark.ray_cluster
 def test_fake_gpus_get_one_worker_each(ray_gpu_cluster, tiny_models, tmp_path):
+    """Placement, asserted through Ray's state API: the gate (tests/gate.py) holds every shard
+    until both actors hold one, so two actors, each with 1 of the 2 GPUs, live at once."""
     store = tmp_path / "gpu.zarr"
+    gate = Gate(tmp_path / "gate")
     sid = f"cejobs-gpu-{uuid.uuid4().hex[:8]}"
     r = ray_gpu_cluster.submit(job(*gen_args(tiny_models["diffusion"], store, sources=8,
-                                             steps=5)), submission_id=sid)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
-    assert "2 GPU worker(s), GPU 1, CPU 1" in out, out
-    gpus = re.findall(r"worker \d ready on \S+ \(device cpu, GPU (\d+),", out)
-    assert sorted(gpus) == ["0", "1"], out  # no CUDA here: the actors compute on CPU
-    actors = ray_gpu_cluster.actors(detail=True)
-    assert len(actors) == 2 and len({a["pid"] for a in actors}) == 2, actors
+                                             steps=5)), submission_id=sid, wait=False,
+                               env_vars=gate.env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    held = wait_for(lambda: len(set(gate.waiting().values())) == 2 and gate.waiting(), 240,
+                    "two workers holding a shard each")
+    actors = ray_gpu_cluster.actors(state="ALIVE", detail=True)
+    assert len(actors) == 2 and {a["pid"] for a in actors} == set(held.values()), (actors, held)
     assert all(a["required_resources"].get("GPU") == 1 for a in actors), actors
+    gate.open()
+    assert ray_gpu_cluster.wait_job(sid) == "SUCCEEDED", ray_gpu_cluster.jobs().get_job_logs(sid)
+    out = ray_gpu_cluster.jobs().get_job_logs(sid)
+    assert "2 GPU worker(s), GPU 1, CPU 1" in out, out
     assert CEStore.open(store).done().all()
 
 

@@ -33,6 +33,7 @@ from cejobs.run.layout import Layout, generation_arrays
 from cejobs.run.store import CEStore, create_or_open
 from cejobs.run.tasks import ShardTask
 from tests.conftest import REPO, run_module
+from tests.gate import Gate
 from tests.slurm_fixtures import SlurmCluster
 
 SOURCES, SHARD_SIZE, STEPS = 8, 2, 100  # 4 shards of 20 CEs, seconds each on 1 thread
@@ -59,28 +60,24 @@ def _claimer(root: Path, script: str) -> subprocess.Popen:
 
 
 def test_two_processes_never_claim_the_same_shard(tmp_path: Path) -> None:
+    """Both processes go for the same shard in every round (lockstep through their stdin), so
+    they contend 300 times whatever the scheduler does; exactly one wins each round."""
     script = """
-        import random, time
-        order = list(range(300))
-        random.Random({seed}).shuffle(order)  # different orders: each wins some races
-        print("ready", flush=True)
-        sys.stdin.readline()
-        got = []
-        for s in order:  # a short pause per claim keeps both loops running together
-            if board.try_claim(s):
-                got.append(s)
-            time.sleep(0.001)
-        print(json.dumps(got), flush=True)
+        for line in sys.stdin:
+            print(json.dumps(board.try_claim(int(line)) is not None), flush=True)
     """
-    procs = [_claimer(tmp_path, script.replace("{seed}", str(seed))) for seed in range(2)]
-    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
-    for p in procs:  # both race from (nearly) the same moment
-        p.stdin.write("\n")
-        p.stdin.flush()
-    got = [set(json.loads(p.communicate(timeout=60)[0])) for p in procs]
-    assert got[0] and got[1], "the two processes raced"
-    assert not got[0] & got[1]
-    assert got[0] | got[1] == set(range(300))
+    procs = [_claimer(tmp_path, script) for _ in range(2)]
+    wins = []
+    for shard in range(300):
+        for p in (procs if shard % 2 else procs[::-1]):  # alternate who is told first
+            p.stdin.write(f"{shard}\n")
+            p.stdin.flush()
+        wins.append([json.loads(p.stdout.readline()) for p in procs])
+    for p in procs:
+        p.communicate(timeout=60)
+    assert all(sum(w) == 1 for w in wins), [s for s, w in enumerate(wins) if sum(w) != 1]
+    got = [{s for s, w in enumerate(wins) if w[i]} for i in range(2)]
+    assert got[0] | got[1] == set(range(300)) and not got[0] & got[1]
 
 
 def test_claim_of_dead_process_is_stale_and_taken_over(tmp_path: Path) -> None:
@@ -233,10 +230,11 @@ def work(tmp_path_factory, tiny_models) -> dict[str, Path]:
     return {"folder": folder, "config": config, "reference": reference}
 
 
-def _job_env(cluster: SlurmCluster) -> SlurmCluster:
-    """The cluster helper with an environment that jobs inherit: this Python and this repo."""
+def _job_env(cluster: SlurmCluster, gate: Gate | None = None) -> SlurmCluster:
+    """The cluster helper with an environment that jobs inherit: this Python and this repo
+    (and the test gate of tests/gate.py, if given)."""
     env = {**cluster.env, "PYTHONPATH": str(REPO), "CEJOBS_PYTHON": sys.executable,
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **(gate.env if gate else {})}
     return dataclasses.replace(cluster, env=env)
 
 
@@ -268,21 +266,6 @@ def _wait_until(what: str, condition, timeout: float, cluster: SlurmCluster, job
             raise TimeoutError(f"{what} not reached after {timeout}s; job {job}: "
                                f"{cluster.job_states(job)}")
         time.sleep(0.2)
-
-
-def _running_claims(claims: Path, age_s: float = 0.05) -> list[dict]:
-    """Claims held for at least `age_s`, youngest first: the first has most of its shard to run,
-    so a stop signal sent to its task now lands mid-shard."""
-    found = []
-    if not claims.is_dir():
-        return found
-    for p in claims.iterdir():
-        try:
-            if p.name.isdigit() and (age := time.time() - p.stat().st_mtime) > age_s:
-                found.append((age, json.loads(p.read_text())))
-        except (OSError, ValueError):
-            continue
-    return [claim for _, claim in sorted(found, key=lambda pair: pair[0])]
 
 
 def _done_counts(logs: list[Path]) -> dict[int, int]:
@@ -334,12 +317,15 @@ def test_sbatch_array_completes_equal_to_local_run(slurm_cluster: SlurmCluster, 
 @pytest.mark.slurm
 def test_sbatch_cancel_then_resubmit_runs_only_unfinished_shards(slurm_cluster: SlurmCluster,
                                                                  work) -> None:
-    cluster = _job_env(slurm_cluster)
     folder, store = work["folder"], work["folder"] / "cancelled store.zarr"
+    gate = Gate(folder / "gate-cancel")  # shard 0 only: the cancel lands mid-run on any machine
+    gate.allow(0)
+    cluster = _job_env(slurm_cluster, gate)
     first = _submit(cluster, work, store, "0")
-    _wait_until("a shard done", lambda: _done(store), 180, cluster, first)
+    _wait_until("shard 0 done, the next held at the gate", lambda: _done(store) and gate.waiting(),
+                180, cluster, first)
     cluster.scancel(first)
-    cluster.wait(first, timeout=60)
+    cluster.wait(first, timeout=240)
     done_before = _done(store)
     assert 1 <= len(done_before) < SHARDS
     assert not [p for p in claims_root(store, "shard").iterdir() if p.name.isdigit()], \
@@ -350,7 +336,7 @@ def test_sbatch_cancel_then_resubmit_runs_only_unfinished_shards(slurm_cluster: 
     out = (folder / f"cejobs-gen-summary-{summary}.out").read_text()
     assert f"incomplete: {SHARDS - len(done_before)} shard(s) not done" in out
 
-    second = _submit(cluster, work, store, "0-1")
+    second = _submit(_job_env(slurm_cluster), work, store, "0-1")
     states = cluster.wait(second, timeout=240)
     assert set(states.values()) == {"COMPLETED"}, states
     assert set(_done_counts(_task_logs(folder, second))) == set(range(SHARDS)) - done_before
@@ -360,16 +346,18 @@ def test_sbatch_cancel_then_resubmit_runs_only_unfinished_shards(slurm_cluster: 
 
 @pytest.mark.slurm
 def test_sbatch_usr2_requeues_task_which_continues(slurm_cluster: SlurmCluster, work) -> None:
-    cluster = _job_env(slurm_cluster)
     folder, store = work["folder"], work["folder"] / "preempted store.zarr"
+    gate = Gate(folder / "gate-usr2")  # the signal lands while shard 1 is held, on any machine
+    gate.allow(0)
+    cluster = _job_env(slurm_cluster, gate)
     job = _submit(cluster, work, store, "0")
-    claims = claims_root(store, "shard")
-    _wait_until("a shard done, the next one running",
-                lambda: _done(store) and _running_claims(claims), 180, cluster, job)
+    _wait_until("shard 0 done, the next held at the gate",
+                lambda: _done(store) and gate.waiting(), 180, cluster, job)
     cluster.scancel("--signal=USR2", "--batch", f"{job}_0")  # what --signal=B:USR2@120 sends
     signalled = time.time()
     _wait_until("the requeue", lambda: "requeued job" in _task_logs(folder, job)[0].read_text(),
-                60, cluster, job)
+                240, cluster, job)
+    gate.open()
     done_before = _done(store)
     mtimes = _chunk_mtimes(store, done_before)
     states = cluster.wait(job, timeout=240)
@@ -391,7 +379,7 @@ def test_sbatch_usr2_requeues_task_which_continues(slurm_cluster: SlurmCluster, 
 def test_stale_claim_of_an_ended_slurm_job_is_taken_over(slurm_cluster: SlurmCluster,
                                                          tmp_path: Path) -> None:
     job = slurm_cluster.sbatch(["--wrap", "true"], cwd=tmp_path)
-    slurm_cluster.wait(job, timeout=60)
+    slurm_cluster.wait(job, timeout=240)
     gone = Owner("elsewhere", 1, run=job, job=job, task=None)
     ClaimBoard(tmp_path, gone).try_claim(0)
     me = ClaimBoard(tmp_path, Owner("here", 2, run="me"), lease_s=3600)
@@ -467,7 +455,9 @@ def test_submitit_backend_survives_preemption_and_equals_local_run(slurm_cluster
 
     folder, store = work["folder"], work["folder"] / "submitit store.zarr"
     logs = folder / "submitit logs"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    gate = Gate(folder / "gate-submitit")  # shard 0 only, until the preempted task let go
+    gate.allow(0)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **gate.env}
     driver = subprocess.Popen(
         [sys.executable, "-m", "cejobs.generate", "--config", str(work["config"]),
          "--backend", "slurm", "--store", str(store), "--workers", "2", "--slurm-cpus", "1",
@@ -477,16 +467,28 @@ def test_submitit_backend_survives_preemption_and_equals_local_run(slurm_cluster
     try:
         claims = claims_root(store, "shard")
 
-        def holder() -> str | None:  # the array task holding a claim, once a shard is done
-            held = _running_claims(claims) if _done(store) else []
-            return held[0]["task"] if held else None
+        def holder() -> str | None:  # an array task holding a shard at the gate, once one is done
+            if not _done(store):
+                return None
+            for shard in gate.waiting():
+                try:
+                    return json.loads((claims / str(shard)).read_text())["task"]
+                except (OSError, ValueError, KeyError):
+                    continue
+            return None
 
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 400
         while (task := holder()) is None:
             assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
             time.sleep(0.2)
         SlurmJob(folder=logs, job_id=task)._interrupt()  # SIGTERM, then SIGUSR2: preemption
         signalled = time.time()
+        array, index = task.split("_")
+        task_err = logs / f"{array}_{index}_0_log.err"
+        while "abandoned (SIGUSR2)" not in (task_err.read_text() if task_err.exists() else ""):
+            assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+            time.sleep(0.2)
+        gate.open()
         out, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
@@ -494,8 +496,7 @@ def test_submitit_backend_survives_preemption_and_equals_local_run(slurm_cluster
     assert driver.returncode == 0, err
     assert f"{SHARDS}/{SHARDS} shards done" in out
 
-    array, index = task.split("_")
-    task_log = (logs / f"{array}_{index}_0_log.err").read_text()
+    task_log = task_err.read_text()
     abandoned = [int(m[1]) for m in re.finditer(r"shard (\d+) abandoned \(SIGUSR2\)", task_log)]
     assert len(abandoned) == 1, task_log
     assert f"Requeued job {task}" in (logs / f"{array}_{index}_0_log.out").read_text()

@@ -13,7 +13,7 @@ from tests.slurm_fixtures import SlurmCluster  # the fixture comes through conft
 pytestmark = pytest.mark.slurm
 
 
-def _wait_for_file(path: Path, cluster: SlurmCluster, job_id: str, timeout: float = 60) -> None:
+def _wait_for_file(path: Path, cluster: SlurmCluster, job_id: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -53,7 +53,7 @@ def test_usr2_reaches_trap_in_running_batch_script(slurm_cluster: SlurmCluster, 
     job = slurm_cluster.sbatch(["--output=slurm-%j.out", str(script)], cwd=tmp_path)
     _wait_for_file(tmp_path / "ready.txt", slurm_cluster, job)
     slurm_cluster.scancel("--signal=USR2", "--batch", job)
-    assert slurm_cluster.wait(job, timeout=60) == {job: "COMPLETED"}
+    assert slurm_cluster.wait(job, timeout=240) == {job: "COMPLETED"}
     assert (tmp_path / "marker.txt").read_text().split() == ["USR2", job]
 
 
@@ -73,9 +73,9 @@ def test_job_requeued_after_signal_runs_again(slurm_cluster: SlurmCluster, tmp_p
     _wait_for_file(tmp_path / "ready.txt", slurm_cluster, job)
     slurm_cluster.scancel("--signal=USR2", "--batch", job)
     # A requeued job waits cred_expire (10 s in cluster.sh) before it may start again.
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240
     while "run 1" not in (tmp_path / "runs.txt").read_text():
         assert time.monotonic() < deadline, f"job {job} did not run again: {slurm_cluster.job_states(job)}"
         time.sleep(0.5)
-    assert slurm_cluster.wait(job, timeout=60) == {job: "COMPLETED"}
+    assert slurm_cluster.wait(job, timeout=240) == {job: "COMPLETED"}
     assert (tmp_path / "runs.txt").read_text().splitlines() == ["run 0", "run 1"]

@@ -6,10 +6,11 @@ from typing import Sequence
 
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.run.tasks import ShardTask, run_shard_safely
+from cejobs.threads import set_threads
 
 
 class LocalBackend:
-    def __init__(self, threads: int = 0):  # torch threads; 0 keeps torch's default
+    def __init__(self, threads: int = 0):  # torch threads; 0: every available CPU
         self.threads = threads
 
     @classmethod
@@ -17,10 +18,7 @@ class LocalBackend:
         return cls(threads=resources.threads)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
+        set_threads(self.threads)
         worker = task.job.make_worker(task)
         report = RunReport()
         for shard in shards:

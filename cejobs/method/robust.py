@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cejobs.models.unet import at_least_fp32
+
 
 @dataclass
 class RobustCEs:
@@ -29,13 +31,13 @@ def robust_ce(
     threshold: float = 0.9,  # stop once p_target reaches this
 ) -> RobustCEs:
     """CEs for images `x` in [0, 1] towards classes `target` with a (robust) classifier."""
-    x_ce = x.detach().clone().float()
+    x_ce = at_least_fp32(x.detach().clone())
     steps = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
     rows = torch.arange(x.shape[0], device=x.device)
     for taken in range(max_steps + 1):
         x_ce.requires_grad_(True)
         with torch.enable_grad():
-            log_p = torch.log_softmax(classifier(x_ce).float(), dim=1)[rows, target]
+            log_p = torch.log_softmax(at_least_fp32(classifier(x_ce)), dim=1)[rows, target]
             (grad,) = torch.autograd.grad(log_p.sum(), x_ce)
         x_ce = x_ce.detach()
         active = log_p.detach().exp() < threshold

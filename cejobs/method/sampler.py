@@ -49,12 +49,12 @@ def guided_eps(
     y2 = torch.cat([target, torch.full_like(target, null_label)])
     autocast = (
         torch.autocast(device_type=x.device.type, dtype=net_dtype)
-        if net_dtype != torch.float32
+        if net_dtype not in (torch.float32, torch.float64)
         else nullcontext()
     )
     with autocast:
         eps = net(x2, t2, y2)
-    eps_cond, eps_uncond = eps.float().chunk(2)
+    eps_cond, eps_uncond = eps.to(x.dtype).chunk(2)
     return (1.0 + w) * eps_cond - w * eps_uncond
 
 
@@ -84,15 +84,16 @@ def sample_ce(
     target:   (B,) class each CE is guided to.
     method:   a key of NEIGHBORHOOD_SCORES ("gaussian", "boltzmann", "boltzmann-exact").
     randn_like(i, x): the noise of step i (default: torch.randn_like).
-    The SDE state and both scores stay in float32; only the network runs in `net_dtype`.
+    The SDE state and both scores stay in float32 (float64 when `latents` are float64, for
+    references); only the network runs in `net_dtype`.
     """
     neighborhood_score = NEIGHBORHOOD_SCORES[method]
     if null_label is None:
         null_label = net.num_classes
     if randn_like is None:
         randn_like = lambda _i, x: torch.randn_like(x)  # noqa: E731
-    x = latents.float()
-    mu = mu.float()
+    x = latents if latents.dtype == torch.float64 else latents.float()
+    mu = mu.to(x.dtype)
     dt = -1.0 / steps  # score_sde's step, not the grid spacing
     grid = time_grid(steps, eps)  # float64 on the host: per-step scalars stay exact
     alphas = sde.alpha(grid).to(device=x.device, dtype=x.dtype)

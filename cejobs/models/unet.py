@@ -23,11 +23,17 @@ def _group_norm(channels: int, max_groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """x in float32, or in float64 when it already is (float64 reference runs)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """DDPM's sinusoidal embedding (score_sde `layers.get_timestep_embedding`) of (B,) times."""
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000.0) / (half - 1)))
-    args = t.float()[:, None] * freqs[None, :]
+    t = at_least_fp32(t)
+    freqs = torch.exp(torch.arange(half, dtype=t.dtype, device=t.device) * (-math.log(10000.0) / (half - 1)))
+    args = t[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
@@ -68,7 +74,7 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b * self.num_heads, 3, c // self.num_heads, h * w).unbind(1)
-        logits = torch.einsum("nci,ncj->nij", q.float(), k.float()) / math.sqrt(q.shape[1])
+        logits = torch.einsum("nci,ncj->nij", at_least_fp32(q), at_least_fp32(k)) / math.sqrt(q.shape[1])
         weights = logits.softmax(dim=2).to(v.dtype)
         out = torch.einsum("nij,ncj->nci", weights, v).reshape(b, c, h, w)
         return x + self.proj(out)

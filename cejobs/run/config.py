@@ -39,7 +39,8 @@ class Resources:
     batch_size: int = _f(256, "CEs per sampler batch (the network sees twice this); "
                               "evaluate: images per classifier batch", ge=1)
     workers: int = _f(0, "number of workers (0 = one per GPU, else one per CPU thread group)", ge=0)
-    threads: int = _f(0, "torch threads per worker (0: all cores for local, 1 per Ray CPU worker)", ge=0)
+    threads: int = _f(0, "torch threads per worker (0: the CPUs it may use for local and "
+                         "SLURM, 1 per Ray CPU worker)", ge=0)
     gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)", gt=0)
     max_retries: int = _f(3, "retries of a shard whose worker was lost (ray: actor or node "
                              "died; slurm: claim gone stale); a shard that raised is not retried", ge=0)

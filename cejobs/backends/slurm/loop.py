@@ -13,7 +13,6 @@ tries every shard not done again.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import traceback
 from dataclasses import dataclass, field
@@ -73,11 +72,9 @@ class Stopper:
 
 # ---------------------------------------------------------------------------- the loop
 def _start_worker(task: ShardTask, threads: int, make_worker: Callable | None):
-    threads = threads or int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
-    if threads:
-        import torch
+    from cejobs.threads import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(threads)  # 0: the CPUs of this task (SLURM_CPUS_PER_TASK, affinity)
     return (make_worker or task.job.make_worker)(task)
 
 

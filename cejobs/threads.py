@@ -1,0 +1,61 @@
+"""CPU threads: how many a worker may use, and how idle OpenMP threads wait.
+
+On a loaded machine (a shared login node, a SLURM node where a task has fewer CPUs than it
+sees, CI) torch's OpenMP threads used to spin-wait for partners that were not scheduled: two
+threads beside two busy processes took 4x the wall time and 11x the CPU of one thread
+(docs/performance.md, "CPU threads under load"). Two rules prevent that:
+
+- a worker uses at most the CPUs it may run on (affinity mask, SLURM_CPUS_PER_TASK, cgroup
+  quota), never os.cpu_count();
+- OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE): the runtime reads it once, when
+  torch loads it, so `cejobs/__init__.py` sets it before any cejobs module imports torch.
+  A user's own setting wins.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def passive_openmp_default() -> None:
+    """Make idle OpenMP threads sleep, unless the environment says otherwise (see above)."""
+    os.environ.setdefault(*WAIT_POLICY)
+
+
+def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs allowed by a cgroup v2 quota ("200000 100000" in cpu.max is 2), if any."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by SLURM_CPUS_PER_TASK (a task's
+    allocation) and by a cgroup CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        n = min(n, int(slurm))
+    if (quota := _cgroup_cpus()) is not None:
+        n = min(n, quota)
+    return max(1, n)
+
+
+def set_threads(requested: int = 0) -> int:
+    """Set torch's intra-op threads: `requested`, or 0 for every available CPU. Returns it."""
+    import torch
+
+    threads = requested or available_cpus()
+    torch.set_num_threads(threads)
+    return threads

@@ -1,0 +1,37 @@
+"""The test side of the shard gate in tests/hooks/sitecustomize.py (see its docstring)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HOOKS = REPO / "tests" / "hooks"
+
+
+class Gate:
+    """A folder that holds back shards: `env` goes to the processes that run them."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        paths = [str(HOOKS), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        return {"CEJOBS_TEST_GATE": str(self.path), "PYTHONPATH": os.pathsep.join(paths)}
+
+    def allow(self, *shards: int) -> None:
+        for shard in shards:
+            (self.path / str(shard)).touch()
+
+    def open(self) -> None:
+        (self.path / "open").touch()
+
+    def waiting(self) -> dict[int, int]:
+        """shard -> pid of the worker process waiting at the gate with it now."""
+        found = {}
+        for p in self.path.glob("waiting-*"):
+            _, shard, pid = p.name.split("-")
+            found[int(shard)] = int(pid)
+        return found

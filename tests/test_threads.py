@@ -1,0 +1,50 @@
+"""CPU thread defaults (cejobs/threads.py): the CPUs a worker may use, and passive OpenMP waits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cejobs import threads
+from tests.conftest import REPO
+
+
+def in_child(code: str, env: dict | None = None, prefix: list[str] | None = None) -> str:
+    """Run `code` in a fresh interpreter (OpenMP settings are fixed once torch loads)."""
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
+                                                             "SLURM_CPUS_PER_TASK")}
+    r = subprocess.run([*(prefix or []), sys.executable, "-c", code], cwd=REPO, text=True,
+                       capture_output=True, env={**full, **(env or {})}, check=True, timeout=120)
+    return r.stdout.strip()
+
+
+def test_slurm_cpus_per_task_caps_the_threads(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert threads.available_cpus() == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "100000")  # never more than the affinity mask
+    assert threads.available_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_cgroup_quota_is_read(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert threads._cgroup_cpus(tmp_path) == 2  # 1.5 CPUs of quota: 2 threads, rounded up
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert threads._cgroup_cpus(tmp_path) is None
+    assert threads._cgroup_cpus(tmp_path / "absent") is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux affinity")
+def test_affinity_mask_sets_the_default_and_torch_follows():
+    first = min(os.sched_getaffinity(0))
+    code = ("import os; os.sched_setaffinity(0, {%d}); from cejobs.threads import set_threads; "
+            "import torch; print(set_threads(), torch.get_num_threads())" % first)
+    assert in_child(code) == "1 1"
+
+
+def test_openmp_waits_passively_unless_the_user_says_otherwise():
+    code = "import os, cejobs, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    assert in_child(code) == "PASSIVE"
+    assert in_child(code, env={"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
