@@ -6,11 +6,11 @@
     python -m cejobs.array_task evaluate-summary [evaluate flags]   # evaluate's final step
 
 `generate` / `evaluate` create or open the store (creation is atomic, so every task may try),
-then claim and run shards until none is left (cejobs.backends.slurm.claims). The first task of an array to
-get there submits the final step: one small job, `--dependency=afterany:<array>`, that runs
-when every task has ended (completed, failed or cancelled). For generate it verifies the store
-and prints its status line; for evaluate it runs `python -m cejobs.evaluate` with the same
-arguments, which finds every shard done and only computes the metrics, tables and figures.
+then claim and run shards until none is left (cejobs.backends.slurm). The first task of an
+array to get there submits the final step: one small job, `--dependency=afterany:<array>`, that
+runs when every task has ended (completed, failed or cancelled). For generate it verifies the
+store and prints its status line; for evaluate it runs `python -m cejobs.evaluate` with the
+same arguments, which finds every shard done and only computes the metrics, tables and figures.
 
 Signals (the batch script `exec`s this process, so `#SBATCH --signal=B:USR2@120` reaches it):
 - SIGUSR2 (time limit near, or preemption): abandon the running shard (not done, claim

@@ -43,7 +43,8 @@ class Resources:
                          "SLURM, 1 per Ray CPU worker)", ge=0)
     gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)", gt=0)
     max_retries: int = _f(3, "retries of a shard whose worker was lost (ray: actor or node "
-                             "died; slurm: claim gone stale); a shard that raised is not retried", ge=0)
+                             "died; slurm: claim gone stale); a shard that raised is not "
+                             "retried", ge=0)
     max_in_flight: int = _f(0, "ray: shards queued per worker at most (0 = 2)")
     ray_address: str | None = _f(None, "ray cluster address; unset: RAY_ADDRESS, else a local Ray")
     partition: str | None = _f(None, "slurm: partition")
@@ -90,9 +91,11 @@ class GenerateConfig(Resources):
     precision: str = _f("fp32", "network precision (SDE state and scores stay fp32)",
                         identity=True, choices=PRECISIONS)
     ce_dtype: str = _f("float32", "dtype of ce/x in the store", identity=True, choices=CE_DTYPES)
-    robust_step_size: float = _f(0.05, "robust: L2 length of each gradient step", identity=True, gt=0)
+    robust_step_size: float = _f(0.05, "robust: L2 length of each gradient step",
+                                 identity=True, gt=0)
     robust_max_steps: int = _f(200, "robust: step cap", identity=True, ge=1)
-    robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this", identity=True, gt=0, lt=1)
+    robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this",
+                                 identity=True, gt=0, lt=1)
     # --- inputs (may move between a run and its resume)
     store: str | None = _f(None, "zarr store path; unset: runs/<dataset>-<method>.zarr")
     compile: bool = _f(False, "torch.compile the diffusion network (2.2x on an H200; "
