@@ -46,23 +46,25 @@ def loss_reason(error: BaseException) -> str:
 
 def connect(address: str | None) -> str:
     """Join the cluster at `address` (else RAY_ADDRESS, as `ray job submit` sets it, else one
-    `ray start`ed on this node), or start a private local Ray. Returns what it did."""
+    `ray start`ed on this node), or start a private local Ray. Returns what it did.
+
+    ray.init(address=None) makes that choice itself (not address="auto", which joins any Ray
+    process it finds on this host). Only a cluster named by an address forwards its workers'
+    output into this driver, i.e. into the job's log."""
     import ray
 
     from cejobs.run.config import ConfigError
 
     if ray.is_initialized():
         return "connected"
-    target = address or os.environ.get("RAY_ADDRESS") or "auto"
-    # A cluster forwards its workers' output into this driver, i.e. into the job's log.
-    options = dict(logging_level="WARNING", include_dashboard=False,
-                   dashboard_host=DASHBOARD_HOST)
+    named = address or os.environ.get("RAY_ADDRESS") or None
     try:
-        ray.init(address=target, log_to_driver=True, **options)
+        ray.init(address=address, log_to_driver=named is not None, logging_level="WARNING",
+                 include_dashboard=False, dashboard_host=DASHBOARD_HOST)
     except ConnectionError as e:
-        if target != "auto":  # an address was given: it must be reachable
-            raise ConfigError(f"cannot reach the Ray cluster at {target}: {one_line(e)} "
-                              f"(check --ray-address / RAY_ADDRESS)") from None
-        ray.init(log_to_driver=False, **options)  # no cluster on this node: a private one
-        return "started a local Ray"
-    return f"joined the cluster at {ray.get_runtime_context().gcs_address}"
+        raise ConfigError(f"cannot reach the Ray cluster at {named or 'this node'}: "
+                          f"{one_line(e)} (check --ray-address / RAY_ADDRESS)") from None
+    where = ray.get_runtime_context().gcs_address
+    if named:
+        return f"joined the cluster at {where}"
+    return f"Ray at {where} (this node's `ray start` cluster, else a private local one)"
