@@ -4,10 +4,15 @@ Subcommands:
   sampler   CEs/s of the augmented-score sampler for a U-Net preset, with FLOPs and MFU against
             a bf16/fp32 matmul peak measured on the same device in the same run (nanoGPT's
             estimate_mfu habit). Needs only torch: it runs on a bare GPU image.
+            --fast: the fast path (cejobs/method/fastpath.py); --check: its equivalence check.
   scaling   CE throughput of the Ray backend with 1 and 2 CPU workers on a real local Ray.
   store     Fraction of shard time spent writing zarr, read from a finished store.
   memory    Peak RSS of the generate driver as the number of sources grows.
   train     Seconds per training iteration of a U-Net preset (forward, backward, Adam).
+  generate  The generation worker's shards end to end (start-up, loading, sampling, writes),
+            without a store: runs where zarr is not installed.
+  fusion    Which kernels torch.compile emits for GroupNorm + SiLU + conv (bf16).
+  steps     CE quality at 1000, 500, 250, 100 steps on digits (same Brownian path per CE).
   load      A tiny generation per backend, idle and beside CPU burners (cejobs/bench_load.py).
 """
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from cejobs import bench_load
+from cejobs import bench_fast, bench_load, bench_steps
 from cejobs.models.compiled import maybe_compile
 from cejobs.models.unet import UNET_PRESETS, UNet
 from cejobs.method.noise import CENoise
@@ -290,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     p.add_argument("--repeat", type=int, default=3)
+    bench_fast.add_sampler_flags(p)
     p = sub.add_parser("scaling", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--sources", type=int, default=8)
@@ -306,17 +312,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=None, help="folder for the synthetic store")
     p.add_argument("--shard-seconds", type=float, default=90.0,
                    help="shard compute time to compare with (H200, compiled bf16)")
+    bench_steps.add_parser(sub)
+    bench_fast.add_generate_parser(sub)
+    bench_fast.add_fusion_parser(sub)
     p = sub.add_parser("memory")
     p.add_argument("--sources", type=int, nargs="+", default=[16, 128, 1024])
     p.add_argument("--json", default=None)
     bench_load.add_parser(sub)
     args = parser.parse_args(argv)
     if args.bench in ("sampler", "train") and args.device in ("auto", "cpu"):
-        set_threads()
-    result = {"sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
-              "memory": bench_memory, "train": bench_train,
+        set_threads(getattr(args, "threads", 0))
+    if args.bench == "sampler" and (args.check or args.fast):
+        run = bench_fast.check_sampler if args.check else bench_fast.bench_fast_sampler
+        result = run(args)
+        print(json.dumps(result, indent=2))
+        return bench_fast.main_check(result) if args.check else 0
+    result = {"fusion": bench_fast.bench_fusion, "generate": bench_fast.bench_generate,
+              "sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
+              "memory": bench_memory, "train": bench_train, "steps": bench_steps.bench_steps,
               "load": bench_load.bench_load}[args.bench](args)
     print(json.dumps(result, indent=2))
+    if getattr(args, "markdown", False):
+        print(bench_steps.markdown_table(result))
     return 0
 
 

@@ -23,7 +23,8 @@
 # every task's working directory. The store must be on storage every node mounts.
 # Environment: CEJOBS_PYTHON (default: python), CEJOBS_RAY (default: ray), CEJOBS_RAY_PORT
 # (default: 6379), CEJOBS_RAY_HEAD_IP (default: the first node's address from getent),
-# CEJOBS_RAY_START_ARGS (extra `ray start` flags, e.g. "--temp-dir /local/ray").
+# CEJOBS_RAY_START_ARGS (extra `ray start` flags, e.g. "--temp-dir /local/ray"), RAY_AUTH_MODE
+# (default: token, see below).
 # The dashboard listens on 127.0.0.1:8265 of the head only; see ray/README.md for the tunnel.
 #
 #SBATCH --job-name=cejobs-ray
@@ -46,6 +47,15 @@ ray_cli="${CEJOBS_RAY:-ray}"
 port="${CEJOBS_RAY_PORT:-6379}"
 launch="${CEJOBS_RAY_LAUNCH:-auto}"
 read -r -a extra_start <<< "${CEJOBS_RAY_START_ARGS:-}"
+
+# One authentication mode for the head, the workers and the driver (ray/README.md): token,
+# unless RAY_AUTH_MODE says otherwise. Every node reads the token from ~/.ray/auth_token on the
+# shared home (or from RAY_AUTH_TOKEN_PATH on shared storage); it is made here if missing and
+# never printed.
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+if [[ "$RAY_AUTH_MODE" == token ]]; then
+    "$ray_cli" get-auth-token --generate > /dev/null
+fi
 
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 num_nodes="${#nodes[@]}"

@@ -184,6 +184,48 @@ def test_thread_count_does_not_change_ces(tmp_path):
         assert np.array_equal(a[name][...], b[name][...]), name
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_ray_address_is_one_line(tiny_models, tmp_path):
+    """Ray retries an address without end; cejobs probes it first and stops with one line."""
+    address = f"127.0.0.1:{closed_port()}"
+    r = run_module("cejobs.generate", "--backend", "ray", "--ray-address", address,
+                   *gen_args(tiny_models["diffusion"], tmp_path / "r.zarr"), check=False,
+                   timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: cannot reach the Ray cluster at {address} within 15 s "
+        f"(check --ray-address / RAY_ADDRESS)"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_stale_ray_start_record_starts_a_local_ray(monkeypatch):
+    """A /tmp/ray/ray_current_cluster left by a cluster that is gone (Ray would connect to it
+    and hang): connect() starts a private local Ray instead, and says why. ray.init is
+    recorded, not run: the probe and the decision are what is tested."""
+    import ray
+    from ray._private import services
+
+    from cejobs.backends.ray import cluster as ray_backend
+
+    gone = f"127.0.0.1:{closed_port()}"
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", lambda addr: addr or gone)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    assert ray_backend.connect(None) == (f"started a local Ray (the last `ray start` on this "
+                                         f"node, {gone}, is gone)")
+    assert calls[0]["address"] == "local" and calls[0]["log_to_driver"] is False
+
+
 # ---------------------------------------------------------------------- real cluster
 
 @pytest.mark.ray_cluster

@@ -3,7 +3,8 @@
 
 HOME is a fresh folder, so the token is this test's own; the block runs in a scratch folder
 holding a link to ray/, so its store does not land in the checkout. Ray keeps its default ports
-here, as a user's would; teardown kills exactly the processes of the block's session.
+here, as a user's would; teardown kills exactly the processes of the block's session and puts
+back /tmp/ray/ray_current_cluster as it was (what `ray stop` would have cleaned up).
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ def test_readme_ray_commands_work_after_a_default_run(tmp_path):
                PYTHONUNBUFFERED="1")
 
     # a default-shaped run: generate on a private local Ray, which writes ~/.ray/auth_token
+    # (RAY_ADDRESS=local: as on a machine with no other Ray; without it, Ray would join the
+    # test session's own cluster running on this node)
     run_module("cejobs.generate", "--sources", "2", "--shard-size", "2", "--steps", "5",
-               "--store", tmp_path / "default.zarr", "--no-progress", env=env)
+               "--store", tmp_path / "default.zarr", "--no-progress",
+               env={**env, "RAY_ADDRESS": "local"})
     assert (home / ".ray" / "auth_token").is_file()
 
     block = readme_block()
+    record = Path("/tmp/ray/ray_current_cluster")  # `ray start` writes it; `ray stop` would remove it
+    before = record.read_bytes() if record.exists() else None
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=scratch, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -53,6 +59,10 @@ def test_readme_ray_commands_work_after_a_default_run(tmp_path):
         out, _ = proc.communicate(timeout=600)
     finally:
         kill_session(proc.pid)
+        if before is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_bytes(before)
     assert proc.returncode == 0, out
     assert "2/2 shards done" in out, out
 

@@ -17,13 +17,17 @@ from typing import Any, Callable
 from cejobs.run.layout import ArraySpec
 
 
+def _as_is(net, config, device) -> tuple[Any, str]:
+    return net, "eager"
+
+
 @dataclass(frozen=True)
 class Method:
     checkpoint: str  # kind of checkpoint it loads: "diffusion" | "classifier"
-    make: Callable[..., tuple[Any, dict[str, Any]]]  # one batch of CEs, and its extra arrays
+    make: Callable[..., tuple[Any, dict[str, Any]]]  # one shard's CEs, and its extra arrays
+    load: Callable[..., tuple[Any, str]] = _as_is  # (net, config, device) -> what `make` runs
     arrays: dict[str, ArraySpec] = field(default_factory=dict)  # store arrays beyond the common
     identity: tuple[str, ...] = ()  # config fields, beyond the common ones, that decide its CEs
-    compile: bool = False  # whether --compile applies to its network
 
     @property
     def flag(self) -> str:
@@ -42,22 +46,42 @@ class Method:
         return config.resolved_classifier()
 
 
-def _diffusion_ces(net, meta: dict, config, mu, src, target, replicate, device):
+def _diffusion_load(net, config, device) -> tuple[Any, str]:
+    """The network, compiled with --compile; or with --fast the fast sampling path
+    (fastpath.py: the same CEs from the same noise)."""
+    from cejobs.method.fastpath import FastOptions, FastSampler, use_inductor_cache
+    from cejobs.models.compiled import maybe_compile
+
+    if config.compile or config.fast:
+        use_inductor_cache(config.compile_cache)
+    if not config.fast:
+        return maybe_compile(net, config.compile)
+    return FastSampler(net, device, seed=config.seed, method=config.method, w=config.w,
+                       sigma_ce=config.sigma_ce, steps=config.steps,
+                       net_dtype=_net_dtype(config.precision),
+                       options=FastOptions(compile=config.compile)), "fast"
+
+
+def _diffusion_ces(engine, meta: dict, config, mu, src, target, replicate, device):
     """Euler-Maruyama on the augmented score (paper eq. 3-5), noise keyed per CE."""
     import torch
 
+    from cejobs.method.fastpath import FastSampler
     from cejobs.method.noise import CENoise
     from cejobs.method.sampler import sample_ce, to_image_space, to_model_space
 
     centered = bool(meta.get("centered", True))
-    net_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[config.precision]
     out = []
     for b in _batches(len(mu), config.batch_size):
-        noise = CENoise(config.seed, src[b], target[b], replicate[b])
         mu_b = to_model_space(mu[b], centered).to(device)
-        m = sample_ce(net, noise.latents(mu_b), mu_b, target[b].to(device),
-                      method=config.method, w=config.w, sigma_ce=config.sigma_ce,
-                      steps=config.steps, randn_like=noise, net_dtype=net_dtype)
+        if isinstance(engine, FastSampler):  # the same CEs, same noise (fastpath.py)
+            m = engine.sample(mu_b, target[b], src[b], replicate[b])
+        else:
+            noise = CENoise(config.seed, src[b], target[b], replicate[b])
+            m = sample_ce(engine, noise.latents(mu_b), mu_b, target[b].to(device),
+                          method=config.method, w=config.w, sigma_ce=config.sigma_ce,
+                          steps=config.steps, randn_like=noise,
+                          net_dtype=_net_dtype(config.precision))
         out.append(to_image_space(m, centered).cpu())
     return torch.cat(out), {}
 
@@ -80,11 +104,18 @@ def _robust_ces(net, meta: dict, config, mu, src, target, replicate, device):
     return torch.cat(xs), extras
 
 
+def _net_dtype(precision: str):
+    """--precision: the network's dtype (the SDE state and the scores stay fp32)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
 def _batches(total: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, total)) for i in range(0, total, size)]
 
 
-_DIFFUSION = Method("diffusion", _diffusion_ces, compile=True)
+_DIFFUSION = Method("diffusion", _diffusion_ces, _diffusion_load)
 METHODS: dict[str, Method] = {
     "gaussian": _DIFFUSION,
     "boltzmann": _DIFFUSION,

@@ -58,6 +58,14 @@ def guided_eps(
     return (1.0 + w) * eps_cond - w * eps_uncond
 
 
+def em_step(x: Tensor, score: Tensor, beta, dt, z: Tensor) -> tuple[Tensor, Tensor]:
+    """(x, x_mean) after one Euler-Maruyama step (score_sde EulerMaruyamaPredictor):
+    drift = f - g^2 s with f = -beta x / 2 and g^2 = beta; beta and dt floats or tensors."""
+    drift = -0.5 * beta * x - beta * score
+    x_mean = x + drift * dt
+    return x_mean + (beta * -dt) ** 0.5 * z, x_mean
+
+
 @torch.no_grad()
 def sample_ce(
     net: nn.Module,
@@ -106,11 +114,7 @@ def sample_ce(
         eps_w = guided_eps(net, x, t_batch, target, w, null_label, net_dtype)
         score = -eps_w / sigma_x + neighborhood_score(x, mu, alpha_x, sigma_x, sigma_ce)
 
-        # Euler-Maruyama step (score_sde EulerMaruyamaPredictor):
-        # drift = f - g^2 s with f = -beta x / 2 and g^2 = beta
-        drift = -0.5 * beta * x - beta * score
-        x_mean = x + drift * dt
-        x = x_mean + (beta * -dt) ** 0.5 * randn_like(i, x)
+        x, x_mean = em_step(x, score, beta, dt, randn_like(i, x))
         if callback is not None:
             callback(i + 1, steps)
     return x_mean

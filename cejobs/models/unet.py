@@ -38,6 +38,14 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
+def _norm_silu(norm: nn.GroupNorm, x: Tensor, kernel) -> Tensor:
+    if kernel is None:
+        return F.silu(norm(x))
+    from cejobs.models.fused import group_norm_silu
+
+    return group_norm_silu(x, norm, kernel)
+
+
 class ResBlock(nn.Module):
     """DDPM residual block (score_sde `ResnetBlockDDPM`): norm, act, conv, + time/class, norm, act,
     dropout, conv; a 1x1 shortcut when the width changes."""
@@ -51,32 +59,53 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.fused_kernel = None  # a one-pass GroupNorm+SiLU kernel (models/fused.py), on CUDA
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv0(F.silu(self.norm0(x)))
+        h = self.conv0(_norm_silu(self.norm0, x, self.fused_kernel))
         h = h + self.emb(F.silu(emb))[:, :, None, None]
-        h = self.conv1(self.dropout(F.silu(self.norm1(h))))
+        h = self.conv1(self.dropout(_norm_silu(self.norm1, h, self.fused_kernel)))
         return (x if self.skip is None else self.skip(x)) + h
 
 
 class AttnBlock(nn.Module):
     """Self-attention over pixels (score_sde `AttnBlock`); logits and softmax in fp32 (EDM AttentionOp)."""
 
-    def __init__(self, channels: int, max_groups: int, num_heads: int = 1):
+    def __init__(self, channels: int, max_groups: int, num_heads: int = 1, sdpa: bool = False):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
+        self.sdpa = sdpa  # F.scaled_dot_product_attention (the fast path turns it on)
         self.norm = _group_norm(channels, max_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.sdpa:
+            return self._forward_sdpa(x)
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b * self.num_heads, 3, c // self.num_heads, h * w).unbind(1)
         logits = torch.einsum("nci,ncj->nij", at_least_fp32(q), at_least_fp32(k)) / math.sqrt(q.shape[1])
         weights = logits.softmax(dim=2).to(v.dtype)
         out = torch.einsum("nij,ncj->nci", weights, v).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+    def _forward_sdpa(self, x: Tensor) -> Tensor:
+        """The same attention through SDPA, tokens (b, heads, h*w, d) with d contiguous.
+
+        In channels-last memory the qkv conv's output already is (b, h*w, 3c): q, k and v are
+        views, no copy. The flash and memory-efficient kernels keep the softmax statistics in
+        fp32 (as EDM's AttentionOp asks) while q, k, v stay bf16; the math kernel in fp32 is
+        the einsum path up to rounding.
+        """
+        b, c, h, w = x.shape
+        n, d = self.num_heads, c // self.num_heads
+        # channels are ordered (head, q/k/v, d), as the einsum path's reshape reads them
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, n, 3, d)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (b, n, h*w, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.permute(0, 2, 1, 3).reshape(b, h, w, c).permute(0, 3, 1, 2)
         return x + self.proj(out)
 
 
@@ -175,6 +204,7 @@ class UNet(nn.Module):
 
         self.norm_out = _group_norm(ch, max_groups)
         self.conv_out = nn.Conv2d(ch, image_channels, 3, padding=1)
+        self.fused_kernel = None  # for norm_out, as in ResBlock
         self._init_weights(zero_init)
 
     def _init_weights(self, zero_init: bool) -> None:
@@ -216,7 +246,7 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
             else:
                 h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
+        return self.conv_out(_norm_silu(self.norm_out, h, self.fused_kernel)).contiguous()
 
 
 # Constructor arguments of the presets. "paper": the paper's (DDPM's CIFAR10) net, 35.7M parameters

@@ -98,8 +98,15 @@ class GenerateConfig(Resources):
                                  identity=True, gt=0, lt=1)
     # --- inputs (may move between a run and its resume)
     store: str | None = _f(None, "zarr store path; unset: runs/<dataset>-<method>.zarr")
-    compile: bool = _f(False, "torch.compile the diffusion network (2.2x on an H200; "
-                              "falls back to eager if it fails)")
+    compile: bool = _f(False, "torch.compile the diffusion network, or with --fast the "
+                              "whole step (2.2x on an H200; falls back to eager if it fails)")
+    fast: bool = _f(False, "fast sampling path: channels-last, SDPA attention, noise made on "
+                           "the device, no host sync per step; with --compile the whole guided "
+                           "step is compiled (CUDA graphs on a GPU); each part falls back when "
+                           "it cannot run (docs/performance.md)")
+    compile_cache: str | None = _f(None, "folder for torch.compile's kernel cache (--compile, "
+                                         "--fast); unset: $TORCHINDUCTOR_CACHE_DIR, else "
+                                         "~/.cache/cejobs/inductor")
 
     # ---------------------------------------------------------------- derived values
     def identity(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 
 DASHBOARD_HOST = "127.0.0.1"  # never expose Ray's dashboard beyond this host
@@ -44,27 +45,58 @@ def loss_reason(error: BaseException) -> str:
     return f"{type(error).__name__} ({why}{f'; actor {actor[:12]}' if actor else ''})"
 
 
+CONNECT_TIMEOUT_S = 15.0  # a cluster whose GCS does not accept a connection by then is unreachable
+
+
+def gcs_reachable(target: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether something accepts TCP connections at `target` (host:port of a GCS)."""
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def connect(address: str | None) -> str:
     """Join the cluster at `address` (else RAY_ADDRESS, as `ray job submit` sets it, else one
     `ray start`ed on this node), or start a private local Ray. Returns what it did.
 
-    ray.init(address=None) makes that choice itself (not address="auto", which joins any Ray
-    process it finds on this host). Only a cluster named by an address forwards its workers'
-    output into this driver, i.e. into the job's log."""
+    Ray itself retries an unreachable address without end, so it is probed first: a given
+    address that does not answer within CONNECT_TIMEOUT_S is an error; the last `ray start`
+    address recorded on this node (/tmp/ray/ray_current_cluster) that does not answer is a
+    leftover of a cluster that is gone, and a private local Ray starts instead.
+
+    Ray has no public call for that record: `canonicalize_bootstrap_address` (ray._private) is
+    the one private use, and without it the driver falls back to ray.init's own choice."""
     import ray
 
     from cejobs.run.config import ConfigError
 
     if ray.is_initialized():
         return "connected"
-    named = address or os.environ.get("RAY_ADDRESS") or None
+    given = address or os.environ.get("RAY_ADDRESS") or None
+    target = given
+    try:  # resolves None the way ray.init will: RAY_ADDRESS, then this node's `ray start`
+        from ray._private.services import canonicalize_bootstrap_address
+
+        target = canonicalize_bootstrap_address(given)
+    except Exception:  # noqa: BLE001 - private API: fall back to what we were given
+        pass
+    note = ""
+    if target and "://" not in target and not gcs_reachable(target):
+        if given:
+            raise ConfigError(f"cannot reach the Ray cluster at {given} within "
+                              f"{CONNECT_TIMEOUT_S:.0f} s (check --ray-address / RAY_ADDRESS)")
+        note = f" (the last `ray start` on this node, {target}, is gone)"
+        address, target = "local", None
+    # A cluster forwards its workers' output into this driver, i.e. into the job's log.
     try:
-        ray.init(address=address, log_to_driver=named is not None, logging_level="WARNING",
+        ray.init(address=address, log_to_driver=target is not None, logging_level="WARNING",
                  include_dashboard=False, dashboard_host=DASHBOARD_HOST)
     except ConnectionError as e:
-        raise ConfigError(f"cannot reach the Ray cluster at {named or 'this node'}: "
+        raise ConfigError(f"cannot reach the Ray cluster at {target or address}: "
                           f"{one_line(e)} (check --ray-address / RAY_ADDRESS)") from None
-    where = ray.get_runtime_context().gcs_address
-    if named:
-        return f"joined the cluster at {where}"
-    return f"Ray at {where} (this node's `ray start` cluster, else a private local one)"
+    if not target:
+        return "started a local Ray" + note
+    return f"joined the cluster at {target}"
