@@ -1,18 +1,22 @@
 """The README's Ray commands, run verbatim on a machine where a default run has already left
 `~/.ray/auth_token` (Ray 2.60 then turns token authentication on for every new head).
 
-HOME is a fresh folder, so the token is this test's own; the block runs in a scratch folder
-holding a link to ray/, so its store does not land in the checkout. Ray keeps its default ports
-here, as a user's would; teardown kills exactly the processes of the block's session and puts
-back /tmp/ray/ray_current_cluster as it was (what `ray stop` would have cleaned up).
+HOME is a fresh folder, so the token is this test's own, and so is Ray's temp dir (RAY_TMPDIR):
+the default-shaped run then finds no record of another `ray start` on this node and starts its
+own local Ray, as on a user's machine, and the block's `ray start` leaves its record there. The
+block runs in a scratch folder holding a link to ray/, so its store does not land in the
+checkout. Ray keeps its default ports, as a user's would; teardown kills exactly the processes
+of the block's session.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +41,17 @@ def test_readme_ray_commands_work_after_a_default_run(tmp_path):
     home.mkdir()
     scratch.mkdir()
     (scratch / "ray").symlink_to(REPO / "ray")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="cj-rt-", dir="/tmp"))  # short: unix socket paths
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp))
 
     # a default-shaped run: generate on a private local Ray, which writes ~/.ray/auth_token
-    # (RAY_ADDRESS=local: as on a machine with no other Ray; without it, Ray would join the
-    # test session's own cluster running on this node)
     run_module("cejobs.generate", "--sources", "2", "--shard-size", "2", "--steps", "5",
-               "--store", tmp_path / "default.zarr", "--no-progress",
-               env={**env, "RAY_ADDRESS": "local"})
+               "--store", tmp_path / "default.zarr", "--no-progress", env=env)
     assert (home / ".ray" / "auth_token").is_file()
 
     block = readme_block()
-    record = Path("/tmp/ray/ray_current_cluster")  # `ray start` writes it; `ray stop` would remove it
-    before = record.read_bytes() if record.exists() else None
     proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=scratch, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -59,10 +59,7 @@ def test_readme_ray_commands_work_after_a_default_run(tmp_path):
         out, _ = proc.communicate(timeout=600)
     finally:
         kill_session(proc.pid)
-        if before is None:
-            record.unlink(missing_ok=True)
-        else:
-            record.write_bytes(before)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, out
     assert "2/2 shards done" in out, out
 
