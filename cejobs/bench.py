@@ -4,7 +4,7 @@ Subcommands:
   sampler   CEs/s of the augmented-score sampler for a U-Net preset, with FLOPs and MFU against
             a bf16/fp32 matmul peak measured on the same device in the same run (nanoGPT's
             estimate_mfu habit). Needs only torch: it runs on a bare GPU image.
-            --fast: the fast path (cejobs/fastpath.py); --check: its equivalence check.
+            --fast: the fast path (cejobs/method/fastpath.py); --check: its equivalence check.
   scaling   CE throughput of the Ray backend with 1 and 2 CPU workers on a real local Ray.
   store     Fraction of shard time spent writing zarr, read from a finished store.
   memory    Peak RSS of the generate driver as the number of sources grows.
@@ -33,8 +33,8 @@ import torch
 from cejobs import bench_fast, bench_load, bench_steps
 from cejobs.models.compiled import maybe_compile
 from cejobs.models.unet import UNET_PRESETS, UNet
-from cejobs.noise import CENoise
-from cejobs.sampler import guided_eps, sample_ce
+from cejobs.method.noise import CENoise
+from cejobs.method.sampler import guided_eps, sample_ce
 from cejobs.threads import set_threads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -140,7 +140,7 @@ def preset_image_shape(preset: str) -> tuple[int, int, int]:
 
 def bench_train(args) -> dict:
     """One training iteration = VP denoising loss, backward, grad-clip, Adam step."""
-    from cejobs.sde import VPSDE
+    from cejobs.method.sde import VPSDE
 
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -188,10 +188,10 @@ def bench_scaling(args) -> dict:
     initialisation: the sampler does the same arithmetic whatever the weights. The load
     average before and after is reported: other processes on the machine skew the figure.
     """
-    from cejobs.config import REPO_DATA
+    from cejobs.run.config import REPO_DATA
     from cejobs.models.checkpoint import save_checkpoint
     from cejobs.status import store_status
-    from cejobs.store import CEStore
+    from cejobs.run.store import CEStore
 
     out = {}
     load_before = os.getloadavg()
@@ -229,7 +229,8 @@ def bench_store(args) -> dict:
     compression) against the measured GPU shard time."""
     import numpy as np
 
-    from cejobs.store import CEStore, Layout, create_or_open, generation_arrays
+    from cejobs.run.layout import Layout, generation_arrays
+    from cejobs.run.store import CEStore, create_or_open
 
     if args.store:
         store = CEStore.open(args.store)

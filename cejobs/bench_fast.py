@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from cejobs.fastpath import FastOptions, FastSampler, use_inductor_cache
+from cejobs.method.fastpath import FastOptions, FastSampler, use_inductor_cache
 from cejobs.models.unet import UNET_PRESETS, UNet
-from cejobs.noise import CENoise
-from cejobs.sampler import sample_ce, to_image_space, to_model_space
+from cejobs.method.noise import CENoise
+from cejobs.method.sampler import sample_ce, to_image_space, to_model_space
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -53,7 +53,7 @@ def check_net(args, device: torch.device) -> tuple[UNet, str]:
     zero-initialised output layers would make eps = 0 and the check trivial. A random network
     is no score, and its guided sampler is chaotic (docs/performance.md): its value measures
     that, not the fast path; check with a trained checkpoint."""
-    from cejobs.config import REPO_DATA
+    from cejobs.run.config import REPO_DATA
     from cejobs.models.checkpoint import load_checkpoint
 
     path = Path(args.model) if args.model else REPO_DATA / "digits" / "diffusion.pt"
@@ -227,9 +227,9 @@ def bench_generate(args) -> dict:
     """
     import numpy as np
 
-    from cejobs.generate_worker import GenerateWorker
+    from cejobs.run.generate_worker import GenerateWorker
     from cejobs.models.checkpoint import save_checkpoint
-    from cejobs.tasks import ShardTask
+    from cejobs.run.tasks import ShardTask
 
     imports_s = _process_age()  # interpreter, torch and cejobs imports
     t_start = time.perf_counter()
@@ -249,7 +249,7 @@ def bench_generate(args) -> dict:
                       batch_size=args.batch_size, fast=args.fast, compile=args.compile,
                       compile_cache=args.compile_cache, device=args.device,
                       model=str(tmp / "model.pt"), method=args.method, backend="local")
-        from cejobs.config import config_from
+        from cejobs.run.config import config_from
 
         config = config_from(config).to_dict()
         t0 = time.perf_counter()

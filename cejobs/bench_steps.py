@@ -1,7 +1,7 @@
 """`python -m cejobs.bench steps`: what fewer Euler-Maruyama steps cost in CE quality (digits).
 
 For each method and step count N (default 1000, 500, 250, 100) the same CEs are made from the
-same Brownian path: the 1000-step run draws its per-CE Philox noise (cejobs.noise, as generate
+same Brownian path: the 1000-step run draws its per-CE Philox noise (cejobs.method.noise, as generate
 does), and an N-step run uses the sums of each block of k = 1000/N consecutive increments,
 scaled by 1/sqrt(k). Those are again i.i.d. N(0, I) per step, so an N-step CE has exactly the
 distribution `generate --steps N` samples, and its distance to the 1000-step CE of the same noise
@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from cejobs.noise import CENoise
-from cejobs.sampler import sample_ce, to_image_space, to_model_space
+from cejobs.method.noise import CENoise
+from cejobs.method.sampler import sample_ce, to_image_space, to_model_space
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -43,9 +43,9 @@ def _quantiles(v: torch.Tensor) -> list[float]:
 
 def bench_steps(args) -> dict:
     # numpy and the data only here: bench.py itself needs only torch
-    from cejobs.config import REPO_DATA
+    from cejobs.run.config import REPO_DATA
     from cejobs.data import load_dataset
-    from cejobs.distances import l0_distance, l2_distance
+    from cejobs.method.distances import l0_distance, l2_distance
     from cejobs.models.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from functools import partial
+from typing import Any, Callable
 
-from cejobs.config import ConfigError
 from cejobs.data import DatasetError
 from cejobs.models.checkpoint import CheckpointError
-from cejobs.store import StoreError
+from cejobs.run.store import StoreError
+from cejobs.settings import ConfigError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, StoreError)
 EXIT_USAGE = 2
@@ -25,3 +26,16 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
               file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+def command(module: str, parse: Callable, run: Callable[[Any], tuple[Any, int]],
+            api: Callable) -> tuple[Callable, Callable]:
+    """An entry-point module's `main(argv) -> status` (parse, then run) and its console script;
+    the module itself becomes callable as the Python API function `api` (cejobs.api)."""
+    from cejobs.api import callable_module
+
+    def main(argv: list[str] | None = None) -> int:
+        return run(parse(argv))[1]
+
+    callable_module(module, api)
+    return main, partial(run_cli, main)

@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 DIGITS_TRAIN = 1347  # digits: images [0, 1347) are "train", [1347, 1797) are "test"
-DATASET_NAMES = ("digits", "cifar10", "svhn")  # plus "*.npz" and "store:PATH"
 
 
 class DatasetError(Exception):

@@ -1,41 +1,44 @@
-"""`python -m cejobs.generate`: plan a run, create or resume its store, run its shards.
+"""`python -m cejobs.generate` (and `cejobs.generate(...)`): plan a run, create or resume its
+store, run its shards on the chosen backend.
 
-Re-running the same command resumes: only shards not done are run. A store made with a
-different configuration or checkpoint is refused before anything is written.
+Re-running the same command resumes: only shards not done are run (and done shards that the
+store's repair policy finds damaged). A store made with a different configuration or
+checkpoint is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
-import time
-from pathlib import Path
 
-from tqdm import tqdm
-
+from cejobs import api
 from cejobs.backends import make_backend
-from cejobs.config import ConfigError, GenerateConfig, parse_generate_args
+from cejobs.cli import command
 from cejobs.data import load_dataset
+from cejobs.method.methods import METHODS
 from cejobs.models.checkpoint import load_checkpoint
-from cejobs.plan import make_plan
-from cejobs.store import CEStore, Layout, create_or_open, generation_arrays
-from cejobs.tasks import ShardResult, ShardTask
+from cejobs.progress import Progress
+from cejobs.run.config import ConfigError, GenerateConfig, parse_generate_args
+from cejobs.run.kinds import pending_shards
+from cejobs.run.layout import Layout, generation_arrays
+from cejobs.run.plan import make_plan
+from cejobs.run.store import CEStore, create_or_open
+from cejobs.run.tasks import ShardTask
 
 
 def check_checkpoint(config: GenerateConfig, dataset) -> dict[str, str]:
     """Load the run's checkpoint once, check it fits the dataset; return its checksum field."""
-    robust = config.method == "robust"
-    path = config.resolved_classifier() if robust else config.resolved_model()
-    kind = "classifier" if robust else "diffusion"
-    flag = "--classifier" if robust else "--model"
-    ckpt = load_checkpoint(path, expect_kind=kind)
+    method = METHODS[config.method]
+    path = method.checkpoint_path(config)
+    ckpt = load_checkpoint(path, expect_kind=method.checkpoint)
     shape = tuple(ckpt.meta["image_shape"])
     if shape != tuple(dataset.image_shape) or ckpt.meta["num_classes"] != dataset.num_classes:
         raise ConfigError(
-            f"{flag} {path} is for images {shape} with {ckpt.meta['num_classes']} classes, "
-            f"but {config.dataset} has {tuple(dataset.image_shape)} with "
+            f"{method.flag} {path} is for images {shape} with {ckpt.meta['num_classes']} "
+            f"classes, but {config.dataset} has {tuple(dataset.image_shape)} with "
             f"{dataset.num_classes} classes"
         )
-    return {f"{'classifier' if robust else 'model'}_sha256": ckpt.sha256}
+    return {method.sha256_field: ckpt.sha256}
 
 
 def prepare(config: GenerateConfig) -> CEStore:
@@ -46,67 +49,29 @@ def prepare(config: GenerateConfig) -> CEStore:
     layout = Layout(plan.num_sources, plan.ces_per_source, plan.num_classes,
                     tuple(dataset.image_shape), plan.shard_size)
     identity = {**config.identity(), **checksum}
-    arrays = generation_arrays(config.ce_dtype, robust=config.method == "robust")
+    arrays = generation_arrays(config.ce_dtype, METHODS[config.method].arrays)
     return create_or_open(config.resolved_store(), identity, layout, arrays,
                           dict(config=config.to_dict(), kind="generate"))
 
 
-def shards_to_run(store: CEStore) -> list[int]:
-    """Shards not done, plus done shards with a missing chunk or a `*.partial` leftover."""
-    done = store.done()
-    suspect = set()
-    names = store.attrs["arrays"]
-    for shard in map(int, done.nonzero()[0]):
-        if any(not store.chunk_path(name, shard).exists() for name in names):
-            suspect.add(shard)
-    suspect |= {s for p in store.partial_leftovers() if (s := store.shard_of_partial(p)) is not None}
-    if suspect:
-        store.clear_done(sorted(suspect))
-        print(f"redoing {len(suspect)} damaged shard(s): {sorted(suspect)}", file=sys.stderr)
-    return store.pending_shards()
-
-
-class Progress:
-    """Shards done, CEs/s and ETA while shards finish; a summary at the end."""
-
-    def __init__(self, store: CEStore, pending: int, enabled: bool):
-        self.total = store.num_shards
-        self.ces_per_shard = store.layout.shard_size * store.layout.ces_per_source
-        self.ces = 0
-        self.start = time.perf_counter()
-        self.errors: list[str] = []
-        self.bar = tqdm(total=self.total, initial=self.total - pending, unit="shard",
-                        desc="shards", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
-
-    def __call__(self, result: ShardResult) -> None:
-        if result.ok:
-            self.ces += result.ces
-            rate = self.ces / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"{rate:.2f} CE/s", refresh=False)
-            self.bar.update(1)
-        else:
-            self.errors.append(f"shard {result.shard} failed: {result.error.strip()}")
-            tqdm.write(self.errors[-1].splitlines()[0], file=sys.stderr)
-
-    def close(self) -> float:
-        self.bar.close()
-        return time.perf_counter() - self.start
-
-
-def main(argv: list[str] | None = None) -> int:
-    config = parse_generate_args(argv)
+def run_generate(config: GenerateConfig) -> tuple[CEStore, int]:
+    """Create or resume the store of `config` and run what is left; the store, and the exit
+    status: 0 when every shard is done, 1 when some are not."""
     store = prepare(config)
-    pending = shards_to_run(store)
+    repair = store.repair(decode=False, writers_may_run=False)
+    if repair.cleared:
+        print(f"redoing {len(repair.cleared)} damaged shard(s): {repair.cleared}", file=sys.stderr)
     path = store.path
+    task = ShardTask("generate", str(path.resolve()), config)
+    pending = pending_shards(store, task)
     if not pending:
         print(f"store complete: {path} ({store.num_shards}/{store.num_shards} shards); "
               f"nothing to do")
-        print(f"evaluate with: python -m cejobs.evaluate --store {_quote(path)}")
-        return 0
+        print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(path))}")
+        return store, 0
     print(f"{len(pending)} of {store.num_shards} shards to run on backend "
           f"'{config.backend}' -> {path}", file=sys.stderr)
-    task = ShardTask("generate", str(path.resolve()), config.to_dict())
-    progress = Progress(store, len(pending), config.progress)
+    progress = Progress(store.num_shards, config.progress, done=store.num_shards - len(pending))
     report = make_backend(config).run(task, pending, progress)
     seconds = progress.close()
     done = int(store.done().sum())
@@ -118,18 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     if done < store.num_shards:
         print(f"incomplete: {store.num_shards - done} shard(s) not done; run the same command "
               f"to resume", file=sys.stderr)
-        return 1
-    print(f"evaluate with: python -m cejobs.evaluate --store {_quote(path)}")
-    return 0
+        return store, 1
+    print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(path))}")
+    return store, 0
 
 
-def _quote(path: Path) -> str:
-    import shlex
-
-    return shlex.quote(str(path))
-
+# `python -m cejobs.generate`, `cejobs-generate`, and the API call cejobs.generate(**fields)
+main, console = command(__name__, parse_generate_args, run_generate, api.generate)
 
 if __name__ == "__main__":
-    from cejobs.cli import run_cli
-
-    run_cli(main)
+    console()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cejobs.store import CEStore
+from cejobs.run.store import CEStore
 
 
 @dataclass
@@ -95,20 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     print(format_status(store, store_status(store)))
     if not args.verify:
         return 0
-    problems = store.verify()
-    if not problems:
+    repair = store.repair(decode=True, writers_may_run=False)
+    if not repair.problems:
         print(f"verify: all {int(store.done().sum())} done shards read back intact")
         return 0
-    for shard, items in sorted(problems.items()):
-        for item in items:
-            print(f"verify: shard {shard}: {item}")
-    store.clear_done(problems)
-    print(f"verify: {len(problems)} shard(s) marked not done: {sorted(problems)}; "
+    for line in repair.lines():
+        print(line)
+    print(f"verify: {len(repair.cleared)} shard(s) marked not done: {repair.cleared}; "
           f"run generate again to redo them", file=sys.stderr)
     return 1
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `cejobs-status` console script. (cejobs.cli loads torch, which the SLURM summary
+    step, importing this module, does without.)"""
     from cejobs.cli import run_cli
 
     run_cli(main)
+
+
+if __name__ == "__main__":
+    console()

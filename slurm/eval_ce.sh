@@ -6,7 +6,7 @@
 #
 # The arguments are those of `python -m cejobs.evaluate`. Every array task checks the inputs,
 # creates eval/<name>/ in each store (atomically, so every task may try), then claims shards
-# not yet evaluated and runs them until none is left (cejobs/claims.py). The first task
+# not yet evaluated and runs them until none is left (cejobs/backends/slurm/). The first task
 # submits the final step (--dependency=afterany on this array): `python -m cejobs.evaluate`
 # with the same arguments on one CPU, which finds every shard evaluated and writes
 # summary.json, tables/, report.md and figures/ (log: <job name>-summary-<id>.out in the

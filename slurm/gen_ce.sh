@@ -5,7 +5,7 @@
 #   sbatch --array=0-31%16 --time=2:00:00 slurm/gen_ce.sh configs/cifar10.toml   # override
 #
 # Every array task creates or opens the store, then claims shards that are not done and runs
-# them until none is left (cejobs/claims.py), so the tasks share the work dynamically, and
+# them until none is left (cejobs/backends/slurm/), so the tasks share the work dynamically, and
 # submitting the same command again finishes exactly what is left. The first task submits a
 # small summary job (--dependency=afterany on this array) that verifies the store and prints
 # its status line to <job name>-summary-<id>.out in the submit directory.

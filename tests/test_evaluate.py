@@ -12,11 +12,12 @@ import zarr
 
 from cejobs import evaluate, generate
 from cejobs.cli import run_cli
+from cejobs.eval import inputs
 from cejobs.eval import metrics as M
-from cejobs.eval.worker import KILL_AFTER_ENV
 from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import load_checkpoint, save_checkpoint
-from cejobs.store import CEStore
+from cejobs.run.store import CEStore
+from tests.kill_after import KILL_AFTER_ENV
 from tests.conftest import run_module
 
 FAST = ["--backend", "local", "--threads", "1", "--no-progress"]
@@ -102,7 +103,7 @@ def _assert_close(a, b, path="summary"):
 def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, capsys):
     """No --classifier on digits stores: the shipped ones. Sharded results equal a single pass;
     summary.json, tables, report and figures are all written, labelled by store name."""
-    monkeypatch.setattr(evaluate, "SHIPPED_DIGITS", world["shipped"])
+    monkeypatch.setattr(inputs, "SHIPPED_DIGITS", world["shipped"])
     clean, cec = _copy(world, "clean", tmp_path), _copy(world, "cec", tmp_path)
     assert _main(["--store", clean, "--store", cec, *FAST]) == 0
     out_text = capsys.readouterr().out
@@ -167,7 +168,8 @@ def test_resume_after_kill(world, tmp_path):
     killed, whole = _copy(world, "clean", tmp_path), tmp_path / "whole.zarr"
     shutil.copytree(killed, whole)
     args = ["--store", killed, *clfs, "--out", tmp_path / "o1", "--no-figures", *FAST]
-    r = run_module("cejobs.evaluate", *args, env={KILL_AFTER_ENV: "3"}, check=False)
+    r = run_module("tests.kill_after", "cejobs.evaluate", *args, env={KILL_AFTER_ENV: "3"},
+                   check=False)
     assert r.returncode == -9, r.stderr
     store = CEStore.open(killed)
     done_a, done_b = store.done("eval/a"), store.done("eval/b")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.store import CEStore
+from cejobs.run.store import CEStore
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cejobs.models import UNET_PRESETS, WRN_PRESETS, UNet, WideResNet
-from cejobs.noise import CENoise
-from cejobs.robust import robust_ce
-from cejobs.sampler import sample_ce
+from cejobs.method.noise import CENoise
+from cejobs.method.robust import robust_ce
+from cejobs.method.sampler import sample_ce
 
 PICK = [0, 17, 100, 200, 255]  # flat positions of the (4, 1, 8, 8) output that are checked
 

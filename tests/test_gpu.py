@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cejobs.models import UNET_PRESETS, UNet
-from cejobs.noise import CENoise
-from cejobs.sampler import sample_ce, to_image_space
+from cejobs.method.noise import CENoise
+from cejobs.method.sampler import sample_ce, to_image_space
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (GPU-only check)")
@@ -70,7 +70,7 @@ def test_bf16_network_on_gpu_stays_close_to_fp32():
 @torch.no_grad()
 def test_fast_path_with_cuda_graphs_matches_the_sampler():
     """fastpath.FastSampler: whole step compiled, replayed as a CUDA graph, noise on the GPU."""
-    from cejobs.fastpath import FastSampler
+    from cejobs.method.fastpath import FastSampler
 
     b = 12
     src, tgt, rep = _keys(b)
@@ -107,7 +107,7 @@ def test_triton_group_norm_silu_kernel_on_gpu():
 
 @torch.no_grad()
 def test_fast_path_with_triton_norm_matches_the_sampler():
-    from cejobs.fastpath import FastOptions, FastSampler
+    from cejobs.method.fastpath import FastOptions, FastSampler
 
     b = 12
     src, tgt, rep = _keys(b)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from scipy import integrate
 
-from cejobs.neighborhood import (
+from cejobs.method.neighborhood import (
     NEIGHBORHOOD_SCORES,
     boltzmann_exact_score,
     boltzmann_gamma,
     boltzmann_score,
     gaussian_score,
 )
-from cejobs.sde import VPSDE
+from cejobs.method.sde import VPSDE
 
 F32, F64 = torch.float32, torch.float64
 SDE = VPSDE()

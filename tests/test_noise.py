@@ -2,7 +2,7 @@
 
 import torch
 
-from cejobs.noise import CENoise, ce_normals, philox4x32
+from cejobs.method.noise import CENoise, ce_normals, philox4x32
 
 
 def _words(*values):

@@ -23,13 +23,13 @@ import pytest
 import torch
 import zarr
 
-from cejobs.backends.ray_backend import (ShardActor, actor_device, loss_reason, one_line,
-                                        plan_actors)
-from cejobs.config import ConfigError
+from cejobs.backends.ray.actors import ShardActor, actor_device, plan_actors
+from cejobs.backends.ray.cluster import loss_reason, one_line
+from cejobs.run.config import ConfigError, GenerateConfig
 from cejobs.models import UNET_PRESETS, UNet
 from cejobs.models.checkpoint import save_checkpoint
-from cejobs.store import CEStore
-from cejobs.tasks import ShardTask
+from cejobs.run.store import CEStore
+from cejobs.run.tasks import ShardTask
 from tests.conftest import run_module
 from tests.gate import Gate
 
@@ -137,14 +137,15 @@ def test_actor_device_and_one_line(monkeypatch):
     assert actor_device("cuda:0", ["3"], True) == "cuda:3"
     text = "ray::ShardActor.run()\n  File \"x.py\", line 1\nShardError: shard 2: NaN\n"
     assert one_line(text) == "ShardError: shard 2: NaN"
-    died = RuntimeError("The actor died unexpectedly before finishing this task.\n\tpid: 42\n"
-                        "\tip: 10.0.0.2\nThe actor is dead because its node has died. Node...")
-    assert loss_reason(died) == "RuntimeError (pid 42 on 10.0.0.2; its node has died)"
+    from ray.exceptions import ActorDiedError, NodeDiedError  # classified by type, not text
+
+    assert loss_reason(ActorDiedError()) == "ActorDiedError (its process died)"
+    assert loss_reason(NodeDiedError("node 1 died")) == "NodeDiedError (its node died)"
 
 
 def test_actor_that_cannot_open_the_store_says_why(tmp_path):
     """A worker on a node that doesn't see the store reports it from ready(), in one line."""
-    task = ShardTask("generate", str(tmp_path / "elsewhere.zarr"), {"device": "cpu"})
+    task = ShardTask("generate", str(tmp_path / "elsewhere.zarr"), GenerateConfig(device="cpu"))
     before = torch.get_num_threads()
     try:
         actor = ShardActor(task, threads=1, use_gpu=False)
@@ -212,7 +213,7 @@ def test_stale_ray_start_record_starts_a_local_ray(monkeypatch):
     import ray
     from ray._private import services
 
-    from cejobs.backends import ray_backend
+    from cejobs.backends.ray import cluster as ray_backend
 
     gone = f"127.0.0.1:{closed_port()}"
     calls = []

@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from cejobs.distances import l0_distance, l2_distance
-from cejobs.robust import robust_ce
+from cejobs.method.distances import l0_distance, l2_distance
+from cejobs.method.robust import robust_ce
 
 
 class Linear(nn.Module):

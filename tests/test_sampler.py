@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from cejobs.neighborhood import NEIGHBORHOOD_SCORES
-from cejobs.noise import CENoise
-from cejobs.sampler import guided_eps, sample_ce, to_image_space, to_model_space
+from cejobs.method.neighborhood import NEIGHBORHOOD_SCORES
+from cejobs.method.noise import CENoise
+from cejobs.method.sampler import guided_eps, sample_ce, to_image_space, to_model_space
 
 
 class ToyEps(nn.Module):

@@ -7,7 +7,7 @@ import torch
 
 from cejobs.data import load_dataset
 from cejobs.models.checkpoint import load_checkpoint
-from cejobs.sde import VPSDE
+from cejobs.method.sde import VPSDE
 from cejobs.train.classifier import accuracy
 
 DIGITS = Path(__file__).resolve().parent.parent / "data" / "digits"

@@ -25,10 +25,13 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.claims import (ClaimBoard, Heartbeat, Interrupted, Owner, SlurmJobs, Stopper,
-                           claims_root, pending_shards)
-from cejobs.store import CEStore, Layout, create_or_open, generation_arrays
-from cejobs.tasks import ShardTask
+from cejobs.backends.slurm.claims import ClaimBoard, Heartbeat, Owner, claims_root
+from cejobs.backends.slurm.loop import Interrupted, Stopper
+from cejobs.backends.slurm.squeue import SlurmJobs
+from cejobs.run.kinds import pending_shards
+from cejobs.run.layout import Layout, generation_arrays
+from cejobs.run.store import CEStore, create_or_open
+from cejobs.run.tasks import ShardTask
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 from tests.slurm_fixtures import SlurmCluster
@@ -46,7 +49,7 @@ def _claimer(root: Path, script: str) -> subprocess.Popen:
     """A second process that uses cejobs.claims on `root`; it reads commands on stdin."""
     code = textwrap.dedent(f"""
         import json, os, sys
-        from cejobs.claims import ClaimBoard, Owner
+        from cejobs.backends.slurm.claims import ClaimBoard, Owner
         board = ClaimBoard({str(root)!r}, Owner.current(run="other"), lease_s=3600)
     """) + textwrap.dedent(script)
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.store import CEStore, Layout, StoreError, create_or_open, generation_arrays
+from cejobs.method.methods import METHODS
+from cejobs.run.kinds import pending_shards
+from cejobs.run.layout import Layout, generation_arrays
+from cejobs.run.store import CEStore, StoreError, create_or_open
+from cejobs.run.tasks import ShardTask
 from cejobs.status import busy_time, store_status
 
 LAYOUT = Layout(num_sources=10, ces_per_source=6, num_classes=3, image_shape=(1, 4, 4),
@@ -12,8 +16,13 @@ LAYOUT = Layout(num_sources=10, ces_per_source=6, num_classes=3, image_shape=(1,
 IDENTITY = {"method": "boltzmann", "w": 15.0, "model_sha256": "ab" * 32}
 
 
+def _pending(store):
+    return pending_shards(store, ShardTask("generate", str(store.path), None))
+
+
 def _make(path, identity=IDENTITY, robust=False):
-    return create_or_open(path, identity, LAYOUT, generation_arrays(robust=robust),
+    extras = METHODS["robust"].arrays if robust else None
+    return create_or_open(path, identity, LAYOUT, generation_arrays(extras=extras),
                           {"config": {"method": "boltzmann"}, "kind": "generate"})
 
 
@@ -56,9 +65,9 @@ def test_contract(tmp_path):
 
 def test_write_then_done_and_status(tmp_path):
     store = _make(tmp_path / "s.zarr")
-    assert store.pending_shards() == [0, 1, 2]
+    assert _pending(store) == [0, 1, 2]
     store.write_shard(2, _shard_data(2, 0.0), started_at=100.0)  # zeros: still written
-    assert store.pending_shards() == [0, 1]
+    assert _pending(store) == [0, 1]
     assert store.chunk_path("ce/x", 2).exists() and store.chunk_path("source/x", 2).exists()
     np.testing.assert_array_equal(store.read_rows("source/index", slice(8, 10)), [8, 9])
     st = store_status(store)
@@ -73,7 +82,7 @@ def test_reopen_with_other_identity_is_refused_and_store_unchanged(tmp_path):
         _make(path, identity={**IDENTITY, "w": 2.0})
     after = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
     assert before == after
-    assert _make(path).pending_shards() == [1, 2]  # same identity resumes
+    assert _pending(_make(path)) == [1, 2]  # same identity resumes
 
 
 def test_not_a_store(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from cejobs.tasks import ShardResult, ShardTask
+from cejobs.run.tasks import ShardResult, ShardTask
 
 OnResult = Callable[[ShardResult], None]
 
@@ -14,10 +14,6 @@ OnResult = Callable[[ShardResult], None]
 class RunReport:
     done: list[int] = field(default_factory=list)  # shards finished in this run
     failed: dict[int, str] = field(default_factory=dict)  # shard -> last error, for good
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 class Backend(Protocol):

@@ -1,13 +1,12 @@
-"""In-process backend: one worker, shards in order. For debugging and tests."""
+"""In-process backend: one worker, shards in order. For debugging, tests and notebooks."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 from cejobs.backends.base import OnResult, RunReport
-from cejobs.tasks import ShardTask, run_shard_safely
+from cejobs.run.tasks import ShardTask, run_shard_safely
 from cejobs.threads import set_threads
-from cejobs.workers import make_worker
 
 
 class LocalBackend:
@@ -15,12 +14,12 @@ class LocalBackend:
         self.threads = threads
 
     @classmethod
-    def from_config(cls, config) -> "LocalBackend":
-        return cls(threads=config.threads)
+    def from_config(cls, resources) -> "LocalBackend":
+        return cls(threads=resources.threads)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         set_threads(self.threads)
-        worker = make_worker(task)
+        worker = task.job.make_worker(task)
         report = RunReport()
         for shard in shards:
             result = run_shard_safely(worker, shard)

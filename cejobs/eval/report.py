@@ -189,6 +189,13 @@ def format_table(results: list[StoreResult]) -> str:
     return "\n".join(lines)
 
 
+def tables(results: list[StoreResult]) -> dict[str, pd.DataFrame]:
+    """The tables of tables/*.csv, by name."""
+    return {"accuracy": accuracy_table(results), "quartiles": quartile_table(results),
+            "distances": distance_table(results),
+            "ce_distance_classifier": ce_distance_table(results)}
+
+
 def write_outputs(out_dir, results: list[StoreResult],
                   figures: tuple[str, ...] = ()) -> dict[str, Path]:
     """Write summary.json, tables/{accuracy,quartiles,distances,ce_distance_classifier}.csv
@@ -197,10 +204,8 @@ def write_outputs(out_dir, results: list[StoreResult],
     (out / "tables").mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "report": out / "report.md"}
     paths["summary"].write_text(json.dumps(summary_dict(results), indent=2, allow_nan=False))
-    tables = {"accuracy": accuracy_table, "quartiles": quartile_table,
-              "distances": distance_table, "ce_distance_classifier": ce_distance_table}
-    for name, make in tables.items():
+    for name, table in tables(results).items():
         paths[name] = out / "tables" / f"{name}.csv"
-        make(results).to_csv(paths[name], index=False)
+        table.to_csv(paths[name], index=False)
     paths["report"].write_text(markdown_report(results, figures))
     return paths

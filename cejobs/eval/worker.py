@@ -8,42 +8,34 @@ class runs in-process, in a Ray actor and in a SLURM task.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import numpy as np
 import torch
-import zarr
 
-from cejobs.config import GenerateConfig
+from cejobs.devices import resolve_device
 from cejobs.models.checkpoint import load_checkpoint
-from cejobs.store import ATTRS_KEY, CEStore
-from cejobs.tasks import ShardError, ShardResult, ShardTask, resolve_device, worker_name
-
-# Tests only: SIGKILL this process after this many (shard, classifier) writes, to test resume.
-KILL_AFTER_ENV = "CEJOBS_TEST_EVAL_KILL_AFTER"
+from cejobs.run.layout import eval_prefix
+from cejobs.run.store import CEStore
+from cejobs.run.tasks import ShardError, ShardResult, ShardTask, worker_name
 
 
 class EvaluateWorker:
     """task.options["classifiers"]: name -> {"path", "sha256"}; `run_shard(s)` evaluates shard s."""
 
     def __init__(self, task: ShardTask, device: str | None = None):
-        config = GenerateConfig(**task.config)
-        self.device = resolve_device(device or config.device)
-        self.batch_size = config.batch_size
+        self.device = resolve_device(device or task.config.device)
+        self.batch_size = task.config.batch_size
         self.store = CEStore.open(task.store)
         self.classifiers: dict[str, torch.nn.Module] = {}
         for name, spec in task.options["classifiers"].items():
             ckpt = load_checkpoint(spec["path"], expect_kind="classifier")
-            group = zarr.open_group(str(self.store.path), path=f"eval/{name}", mode="r")
-            expected = dict(group.attrs)[ATTRS_KEY]["sha256"]
+            expected = str(self.store.classifier_sha256(name))
             if ckpt.sha256 != expected:
                 raise ShardError(f"classifier {name} on {worker_name()} has sha256 "
-                                 f"{ckpt.sha256[:12]}, eval/{name} was made with {expected[:12]}")
+                                 f"{ckpt.sha256[:12]}, {eval_prefix(name)} was made with "
+                                 f"{expected[:12]}")
             self.classifiers[name] = ckpt.model.to(self.device).eval()
-        self._kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
-        self._writes = 0
 
     def _flag(self, prefix: str, shard: int) -> bool:
         return bool(self.store.array(f"{prefix}/done")[shard])  # one chunk, fresh from disk
@@ -61,7 +53,7 @@ class EvaluateWorker:
         started_at, t0 = time.time(), time.perf_counter()
         if not self._flag("shard", shard):
             raise ShardError(f"shard {shard}: its generation is not done")
-        todo = [n for n in self.classifiers if not self._flag(f"eval/{n}", shard)]
+        todo = [n for n in self.classifiers if not self._flag(eval_prefix(n), shard)]
         if not todo:
             return ShardResult(shard, seconds=time.perf_counter() - t0, worker=worker_name())
         rows = self.store.layout.rows(shard)
@@ -73,12 +65,10 @@ class EvaluateWorker:
         write_seconds = 0.0
         for name in todo:
             prob = self._softmax(self.classifiers[name], images)
-            data = {f"eval/{name}/source_prob": prob[:n],
-                    f"eval/{name}/ce_prob": prob[n:].reshape(n, k, -1)}
-            write_seconds += self.store.write_shard(shard, data, prefix=f"eval/{name}",
+            prefix = eval_prefix(name)
+            data = {f"{prefix}/source_prob": prob[:n],
+                    f"{prefix}/ce_prob": prob[n:].reshape(n, k, -1)}
+            write_seconds += self.store.write_shard(shard, data, prefix=prefix,
                                                     started_at=started_at)
-            self._writes += 1
-            if self._kill_after and self._writes >= self._kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
         return ShardResult(shard, ces=n * k * len(todo), seconds=time.perf_counter() - t0,
                            write_seconds=write_seconds, worker=worker_name())

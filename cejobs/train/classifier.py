@@ -26,19 +26,19 @@ from tqdm import tqdm
 
 from cejobs.data import ImageDataset, load_dataset
 from cejobs.models import WRN_PRESETS, WideResNet
-from cejobs.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cejobs.models.checkpoint import save_checkpoint
+from cejobs.devices import resolve_device
+from cejobs.settings import setting as _f
 from cejobs.train.common import (
     TrainError,
     TrainSettings,
-    check_resume_settings,
     command_line,
     config_dict,
     epoch_order,
-    resolve_device,
+    open_resume,
     resume_path,
     rng_state,
     set_rng_state,
-    option as _f,
     set_threads,
 )
 
@@ -47,34 +47,26 @@ AUGMENTS = ("auto", "none", "crop-flip", "crop")
 
 @dataclass
 class ClassifierTrainConfig(TrainSettings):
-    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH")
-    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)", run=True)
     preset: str = _f("wrn-40-2", "WideResNet preset; its image shape and classes follow the dataset",
-                     choices=tuple(WRN_PRESETS))
-    dropout: float | None = _f(None, "dropout (default: 0.3 when --eps is 0, else 0)")
-    epochs: int = _f(100, "training epochs", run=True)
-    batch_size: int = _f(128, "images per step")
-    lr: float = _f(1e-3, "Adam learning rate (betas 0.9, 0.999)")
-    eps: float = _f(0.0, "L2 radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)")
-    pgd_steps: int = _f(8, "PGD steps of adversarial training")
-    pgd_step_size: float | None = _f(None, "PGD step size (default: 2.5 * eps / pgd_steps)")
+                     choices=tuple(WRN_PRESETS), identity=True)
+    dropout: float | None = _f(None, "dropout (default: 0.3 when --eps is 0, else 0)", identity=True, ge=0, lt=1)
+    epochs: int = _f(100, "training epochs", ge=1)
+    lr: float = _f(1e-3, "Adam learning rate (betas 0.9, 0.999)", identity=True, gt=0)
+    eps: float = _f(0.0, "L2 radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)", identity=True, ge=0)
+    pgd_steps: int = _f(8, "PGD steps of adversarial training", identity=True, ge=1)
+    pgd_step_size: float | None = _f(None, "PGD step size (default: 2.5 * eps / pgd_steps)", identity=True)
     augment: str = _f("auto", "auto (crop-flip for cifar10, else none) | none | crop-flip | crop",
-                      choices=AUGMENTS)
-    eval_split: str = _f("test", "split for the final accuracies", run=True)
-    eval_eps: str | None = _f(None, "comma-separated L2 eps of the final PGD evaluation (default: --eps if > 0)",
-                              run=True)
-    eval_steps: str = _f("8,20", "comma-separated PGD step counts of the final evaluation", run=True)
-    eval_batch_size: int = _f(500, "images per evaluation batch", run=True)
-    precision: str = _f("fp32", "network precision (bf16 autocast on GPUs)", choices=("fp32", "bf16"))
-    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU and GPU)")
-    seed: int = _f(0, "seed of the initial weights, data order and augmentation")
-    out: str = _f("runs/classifier.pt", "output checkpoint; resume state goes to OUT.resume.pt", run=True)
-    save_every: int = _f(10, "write OUT.resume.pt every this many epochs and at the end (0: never)", run=True)
-    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --epochs extends)",
-                            run=True)
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N", run=True)
-    threads: int = _f(0, "torch CPU threads (0: torch's default)", run=True)
-    progress: bool = _f(True, "show a progress bar", run=True)
+                      choices=AUGMENTS, identity=True)
+    eval_split: str = _f("test", "split for the final accuracies")
+    eval_eps: str | None = _f(None, "comma-separated L2 eps of the final PGD evaluation (default: --eps if > 0)")
+    eval_steps: str = _f("8,20", "comma-separated PGD step counts of the final evaluation")
+    eval_batch_size: int = _f(500, "images per evaluation batch", ge=1)
+    precision: str = _f("fp32", "network precision (bf16 autocast on GPUs)", choices=("fp32", "bf16"),
+                        identity=True)
+    seed: int = _f(0, "seed of the initial weights, data order and augmentation", identity=True)
+    out: str = _f("runs/classifier.pt", "output checkpoint; resume state goes to OUT.resume.pt")
+    save_every: int = _f(10, "write OUT.resume.pt every this many epochs and at the end (0: never)", ge=0)
+    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --epochs extends)")
 
 
 def pgd_l2(
@@ -166,22 +158,7 @@ def _floats(text: str | None, flag: str) -> list[float]:
 
 
 def _validate(cfg: ClassifierTrainConfig) -> None:
-    checks = [
-        (cfg.epochs >= 1, f"--epochs must be >= 1 (got {cfg.epochs})"),
-        (cfg.batch_size >= 1, f"--batch-size must be >= 1 (got {cfg.batch_size})"),
-        (cfg.lr > 0, f"--lr must be > 0 (got {cfg.lr})"),
-        (cfg.eps >= 0, f"--eps must be >= 0 (got {cfg.eps})"),
-        (cfg.pgd_steps >= 1, f"--pgd-steps must be >= 1 (got {cfg.pgd_steps})"),
-        (cfg.dropout is None or 0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})"),
-        (cfg.augment in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)} (got {cfg.augment!r})"),
-        (cfg.preset in WRN_PRESETS, f"--preset must be one of {', '.join(WRN_PRESETS)} (got {cfg.preset!r})"),
-        (cfg.precision in ("fp32", "bf16"), f"--precision must be fp32 or bf16 (got {cfg.precision!r})"),
-        (cfg.save_every >= 0, "--save-every must be >= 0"),
-        (cfg.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise TrainError(message)
+    """What the fields' ranges and choices (checked when the config is built) do not say."""
     if any(e <= 0 for e in _floats(cfg.eval_eps, "eval-eps")):
         raise TrainError("--eval-eps values must be > 0")
     if any(s < 1 or s != int(s) for s in _floats(cfg.eval_steps, "eval-steps")):
@@ -254,14 +231,7 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
     start_epoch = 0
 
     if cfg.resume:
-        try:
-            state = load_checkpoint(cfg.resume, expect_kind="classifier", map_location=device)
-        except CheckpointError as exc:
-            raise TrainError(f"--resume: {exc}") from exc
-        extra = state.extra
-        if extra.get("trainer") != "classifier":
-            raise TrainError(f"{cfg.resume} is not a classifier resume file (written by --save-every)")
-        check_resume_settings(cfg.resume, extra["config"], cfg.identity())
+        state, extra = open_resume(cfg, "classifier", device)
         model.load_state_dict(state.model.state_dict())
         opt.load_state_dict(extra["optimizer"])
         set_rng_state(extra["rng"], device, aug_gen)

@@ -11,47 +11,40 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import shlex
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
-from dataclasses import field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-
-def option(default, help: str, **kw):
-    """A config dataclass field with its help text (and flags like run=True) as metadata."""
-    return field(default=default, metadata={"help": help, **kw})
+from cejobs.settings import identity_of
+from cejobs.settings import setting as _f
 
 
+@dataclass
 class TrainSettings:
-    """Base of the training configs: fields marked run=True (paths, device, logging) don't decide
-    the numbers; all the others do, and a resume must repeat them."""
+    """The fields both training configs have. Fields marked identity=True decide the numbers,
+    and a resume must repeat them; the others (paths, device, logging) may change."""
+
+    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH", identity=True)
+    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)")
+    batch_size: int = _f(128, "images per step", identity=True, ge=1)
+    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU "
+                                   "and GPU)", identity=True)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = _f(0, "torch CPU threads (0: torch's default)")
+    progress: bool = _f(True, "show a progress bar")
 
     def identity(self) -> dict:
-        """The settings that decide the numbers; a resume must repeat them."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if not f.metadata.get("run")}
+        return identity_of(self)
 
 
 class TrainError(Exception):
     """A bad training setting or resume file; the message is one line."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise TrainError(f"--device must be auto, cpu, cuda or cuda:N (got {name!r})") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {name}: no CUDA device is available (use --device cpu)")
-    return device
 
 
 def set_threads(threads: int) -> None:
@@ -132,6 +125,21 @@ def check_resume_settings(path: str, saved: dict[str, Any], current: dict[str, A
         raise TrainError(f"{path} was written with other settings; resume with the same ones: " + "; ".join(diffs))
 
 
+def open_resume(cfg, trainer: str, device) -> tuple[Any, dict[str, Any]]:
+    """The resume file `cfg.resume` of `trainer` (diffusion | classifier), checked against the
+    settings of `cfg`: (its checkpoint, its training state)."""
+    from cejobs.models.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(cfg.resume, expect_kind=trainer, map_location=device)
+    except CheckpointError as exc:
+        raise TrainError(f"--resume: {exc}") from exc
+    if state.extra.get("trainer") != trainer:
+        raise TrainError(f"{cfg.resume} is not a {trainer} resume file (written by --save-every)")
+    check_resume_settings(cfg.resume, state.extra["config"], cfg.identity())
+    return state, state.extra
+
+
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -150,9 +158,3 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
     """Linear warm-up over `warmup` steps, then constant (score_sde / DDPM)."""
     return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
 
-
-def remove_if_exists(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

@@ -19,21 +19,21 @@ from tqdm import tqdm
 
 from cejobs.data import load_dataset
 from cejobs.models import UNET_PRESETS, UNet
-from cejobs.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from cejobs.sde import VPSDE
+from cejobs.models.checkpoint import save_checkpoint
+from cejobs.method.sde import VPSDE
+from cejobs.devices import resolve_device
+from cejobs.settings import setting as _f
 from cejobs.train.common import (
     EMA,
     TrainError,
     TrainSettings,
-    check_resume_settings,
+    open_resume,
     command_line,
     config_dict,
     lr_at,
-    resolve_device,
     resume_path,
     rng_state,
     set_rng_state,
-    option as _f,
     set_threads,
     stream_batch,
 )
@@ -41,36 +41,27 @@ from cejobs.train.common import (
 
 @dataclass
 class DiffusionTrainConfig(TrainSettings):
-    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH")
-    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)", run=True)
     preset: str = _f("paper", "U-Net preset; its image shape and classes follow the dataset",
-                     choices=tuple(UNET_PRESETS))
-    base_channels: int | None = _f(None, "override the preset's base width")
-    channel_mult: str | None = _f(None, "override the preset's width multipliers, e.g. 1,2,2,2")
-    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution")
-    attn_resolutions: str | None = _f(None, "override the preset's attention resolutions, e.g. 16 ('' for none)")
-    dropout: float | None = _f(None, "override the preset's dropout")
-    steps: int = _f(1_000_000, "training steps (paper: 1M)", run=True)
-    batch_size: int = _f(128, "images per step")
-    lr: float = _f(2e-4, "Adam learning rate")
-    warmup: int = _f(5000, "linear learning-rate warm-up steps")
-    grad_clip: float = _f(1.0, "gradient-norm clip (0: off)")
-    label_drop: float = _f(0.3, "probability of replacing a label by the null label")
-    ema: float = _f(0.9999, "EMA decay of the saved weights (short runs: 0.999)")
-    t_eps: float = _f(1e-5, "smallest training time t (score_sde's continuous-time eps)")
+                     choices=tuple(UNET_PRESETS), identity=True)
+    base_channels: int | None = _f(None, "override the preset's base width", identity=True)
+    channel_mult: str | None = _f(None, "override the preset's width multipliers, e.g. 1,2,2,2", identity=True)
+    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution", identity=True)
+    attn_resolutions: str | None = _f(None, "override the preset's attention resolutions, e.g. 16 ('' for none)", identity=True)
+    dropout: float | None = _f(None, "override the preset's dropout", identity=True)
+    steps: int = _f(1_000_000, "training steps (paper: 1M)", ge=1)
+    lr: float = _f(2e-4, "Adam learning rate", identity=True, gt=0)
+    warmup: int = _f(5000, "linear learning-rate warm-up steps", identity=True, ge=0)
+    grad_clip: float = _f(1.0, "gradient-norm clip (0: off)", identity=True, ge=0)
+    label_drop: float = _f(0.3, "probability of replacing a label by the null label", identity=True, ge=0, lt=1)
+    ema: float = _f(0.9999, "EMA decay of the saved weights (short runs: 0.999)", identity=True, ge=0, lt=1)
+    t_eps: float = _f(1e-5, "smallest training time t (score_sde's continuous-time eps)", identity=True, gt=0, lt=1)
     precision: str = _f("fp32", "network precision (bf16 autocast on GPUs; loss and optimizer in fp32)",
-                        choices=("fp32", "bf16"))
-    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU and GPU)")
-    seed: int = _f(0, "seed of the initial weights, data order and noise")
-    out: str = _f("runs/diffusion.pt", "output checkpoint (EMA weights); resume state goes to OUT.resume.pt",
-                  run=True)
-    save_every: int = _f(5000, "write OUT.resume.pt every this many steps and at the end (0: never)", run=True)
-    log_every: int = _f(1000, "print a log line every this many steps", run=True)
-    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --steps extends)",
-                            run=True)
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N", run=True)
-    threads: int = _f(0, "torch CPU threads (0: torch's default)", run=True)
-    progress: bool = _f(True, "show a progress bar", run=True)
+                        choices=("fp32", "bf16"), identity=True)
+    seed: int = _f(0, "seed of the initial weights, data order and noise", identity=True)
+    out: str = _f("runs/diffusion.pt", "output checkpoint (EMA weights); resume state goes to OUT.resume.pt")
+    save_every: int = _f(5000, "write OUT.resume.pt every this many steps and at the end (0: never)", ge=0)
+    log_every: int = _f(1000, "print a log line every this many steps", ge=0)
+    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --steps extends)")
 
 
 def _int_tuple(text: str, flag: str) -> tuple[int, ...]:
@@ -100,28 +91,8 @@ def _mean(values) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-def _validate(cfg: DiffusionTrainConfig) -> None:
-    checks = [
-        (cfg.steps >= 1, f"--steps must be >= 1 (got {cfg.steps})"),
-        (cfg.batch_size >= 1, f"--batch-size must be >= 1 (got {cfg.batch_size})"),
-        (cfg.lr > 0, f"--lr must be > 0 (got {cfg.lr})"),
-        (cfg.warmup >= 0, f"--warmup must be >= 0 (got {cfg.warmup})"),
-        (cfg.grad_clip >= 0, f"--grad-clip must be >= 0 (got {cfg.grad_clip})"),
-        (0 <= cfg.label_drop < 1, f"--label-drop must be in [0, 1) (got {cfg.label_drop})"),
-        (0 <= cfg.ema < 1, f"--ema must be in [0, 1) (got {cfg.ema})"),
-        (0 < cfg.t_eps < 1, f"--t-eps must be in (0, 1) (got {cfg.t_eps})"),
-        (cfg.save_every >= 0 and cfg.log_every >= 0, "--save-every and --log-every must be >= 0"),
-        (cfg.precision in ("fp32", "bf16"), f"--precision must be fp32 or bf16 (got {cfg.precision!r})"),
-        (cfg.preset in UNET_PRESETS, f"--preset must be one of {', '.join(UNET_PRESETS)} (got {cfg.preset!r})"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise TrainError(message)
-
-
 def train_diffusion(cfg: DiffusionTrainConfig, argv: list[str] | None = None) -> str:
     """Train (or resume) a diffusion model as `cfg` says; returns the output checkpoint path."""
-    _validate(cfg)
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, "train")
@@ -141,14 +112,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, argv: list[str] | None = None) ->
     start, recent = 0, deque(maxlen=1000)  # losses of the last 1000 steps
 
     if cfg.resume:
-        try:
-            state = load_checkpoint(cfg.resume, expect_kind="diffusion", map_location=device)
-        except CheckpointError as exc:
-            raise TrainError(f"--resume: {exc}") from exc
-        extra = state.extra
-        if extra.get("trainer") != "diffusion":
-            raise TrainError(f"{cfg.resume} is not a diffusion resume file (written by --save-every)")
-        check_resume_settings(cfg.resume, extra["config"], cfg.identity())
+        state, extra = open_resume(cfg, "diffusion", device)
         ema.model.load_state_dict(state.model.state_dict())
         ema.updates = extra["ema_updates"]
         model.load_state_dict(extra["model"])

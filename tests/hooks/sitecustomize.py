@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 GATE_ENV = "CEJOBS_TEST_GATE"
-TARGETS = {"cejobs.generate_worker": ("GenerateWorker", "run_shard")}  # module: (class, method)
+TARGETS = {"cejobs.run.generate_worker": ("GenerateWorker", "run_shard")}  # module: (class, method)
 
 
 def wait_at_gate(gate: Path, shard: int) -> None:

@@ -9,9 +9,11 @@ import os
 import socket
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    from cejobs.run.config import Resources
+    from cejobs.run.kinds import JobKind
 
 
 class ShardError(RuntimeError):
@@ -22,10 +24,16 @@ class ShardError(RuntimeError):
 class ShardTask:
     """What every worker of a job needs: small and picklable."""
 
-    kind: str  # a key of cejobs.workers.WORKERS
+    kind: str  # a key of cejobs.run.kinds.KINDS
     store: str  # store path, on storage every worker shares
-    config: dict[str, Any]  # the resolved configuration of the job
+    config: Resources  # the validated config of the job (GenerateConfig, EvaluateConfig)
     options: dict[str, Any] = field(default_factory=dict)  # job-kind extras
+
+    @property
+    def job(self) -> JobKind:
+        from cejobs.run.kinds import KINDS
+
+        return KINDS[self.kind]
 
 
 @dataclass
@@ -40,12 +48,6 @@ class ShardResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def worker_name() -> str:

@@ -3,14 +3,16 @@
 - `map_array` submits `workers` array tasks (default: one per pending shard, at most
   `array_parallelism`), each with the partition, GPUs (`--gres=gpu:N`), CPUs, memory and time
   limit of the config, and logs under `--slurm-log-dir` (default `<store>.logs`).
-- Each task runs `cejobs.claims.claim_loop`: it claims shards from the store until none is
+- Each task runs `loop.claim_loop`: it claims shards from the store until none is
   left, so the tasks share the work dynamically and a re-run finishes what is left.
 - The driver polls the store's done flags (not SLURM accounting, which many clusters lack)
   and turns newly done shards into results for the progress bar. It returns when every shard
   is done, or when no task of the array is left in the queue.
 - Time limits and preemption: submitit sends SIGUSR2 before the limit (`signal_delay_s`). The
   task abandons its running shard (claim released, not done), then submitit's checkpoint
-  protocol (`ClaimLoopJob.checkpoint`) requeues it; the requeued task continues from the store.
+  protocol (submitit.helpers.Checkpointable) requeues it; the requeued task continues from
+  the store. A task is requeued after a time-out at most `slurm_max_timeouts` times
+  (submitit's slurm_max_num_timeout; docs/operations.md).
 """
 
 from __future__ import annotations
@@ -24,28 +26,26 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from submitit.helpers import Checkpointable
 
 from cejobs.backends.base import OnResult, RunReport
-from cejobs.tasks import ShardResult, ShardTask
+from cejobs.backends.slurm.squeue import FINAL_STATES, read_queue
+from cejobs.run.tasks import ShardResult, ShardTask
 
 SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit
-# squeue states of an array task that has ended for good.
-ENDED_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
-                          "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "PREEMPTED"})
 
 
-class ClaimLoopJob:
-    """The callable each array task runs: the claim loop, checkpointable for submitit.
+class ClaimLoopJob(Checkpointable):
+    """The callable each array task runs: the claim loop. On SIGUSR2 submitit calls the
+    inherited `checkpoint`, which requeues this same object with the same arguments; the
+    requeued task continues from the store."""
 
-    submitit calls `checkpoint` from its SIGUSR2 handler and requeues the job with the
-    DelayedSubmission it returns: this same object, which continues from the store.
-    """
-
-    def __init__(self, task: ShardTask, run: str, lease_s: float, max_attempts: int):
-        self.task, self.run, self.lease_s, self.max_attempts = task, run, lease_s, max_attempts
+    def __init__(self, task: ShardTask, run: str, lease_s: float):
+        self.task, self.run, self.lease_s = task, run, lease_s
 
     def __call__(self, index: int):
-        from cejobs.claims import Owner, Stopper, claim_loop
+        from cejobs.backends.slurm.claims import Owner
+        from cejobs.backends.slurm.loop import Stopper, claim_loop
 
         # Our handler abandons the running shard first (releasing its claim); submitit's
         # (checkpoint, requeue, exit) runs after. SIGTERM stays submitit's: it is ignored,
@@ -53,29 +53,17 @@ class ClaimLoopJob:
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         stopper = Stopper().install((signal.SIGUSR2,))
         report = claim_loop(self.task, owner=Owner.current(self.run), lease_s=self.lease_s,
-                            max_attempts=self.max_attempts, stopper=stopper, start=index,
-                            threads=int(self.task.config.get("threads") or 0))
+                            stopper=stopper, start=index)
         if report.interrupted and callable(submitit_handler):
             submitit_handler(signal.SIGUSR2, None)  # checkpoint, scontrol requeue, exit
         return {"done": report.done, "failed": report.failed, "interrupted": report.interrupted}
 
-    def checkpoint(self, index: int):
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(self, index)
 
 
-def _squeue_states(array_id: str) -> dict[str, str] | None:
-    """Task id -> state of the array's tasks still known to SLURM; None if squeue failed."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-a", "-j", array_id, "-o", "%i %T"],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return {} if "Invalid job id" in out.stderr else None
-    rows = (line.split() for line in out.stdout.splitlines())
-    return {r[0]: r[1] for r in rows if len(r) == 2}
+def _array_states(array_id: str) -> dict[str, str] | None:
+    """Task name -> state of the array's tasks still known to SLURM; None if squeue failed."""
+    jobs = read_queue(array_id)
+    return None if jobs is None else {j.name: j.state for j in jobs}
 
 
 class SlurmBackend:
@@ -89,14 +77,15 @@ class SlurmBackend:
         mem_gb: int = 16,  # memory per task
         timeout_min: int = 240,  # time limit per task; a requeued task gets it again
         array_parallelism: int = 64,  # tasks running at once at most
-        max_attempts: int = 4,  # tries of a failing shard within this run
+        max_retries: int = 3,  # retries of a shard whose worker was lost (loop.py)
+        max_timeouts: int = 1000,  # requeues of a task after a time-out or preemption
         lease_s: float = 600.0,  # claim heartbeat age after which a claim is stale
         poll_s: float = 3.0,  # how often the driver reads the store and the queue
     ):
         self.log_dir, self.workers, self.partition = log_dir, workers, partition
         self.gpus, self.cpus, self.mem_gb, self.timeout_min = gpus, cpus, mem_gb, timeout_min
-        self.array_parallelism, self.max_attempts = max(1, array_parallelism), max_attempts
-        self.lease_s, self.poll_s = lease_s, poll_s
+        self.array_parallelism, self.max_retries = max(1, array_parallelism), max_retries
+        self.max_timeouts, self.lease_s, self.poll_s = max_timeouts, lease_s, poll_s
 
     @classmethod
     def from_config(cls, config) -> "SlurmBackend":
@@ -104,12 +93,13 @@ class SlurmBackend:
                    partition=config.partition, gpus=config.slurm_gpus, cpus=config.slurm_cpus,
                    mem_gb=config.slurm_mem_gb, timeout_min=config.timeout_min,
                    array_parallelism=config.array_parallelism,
-                   max_attempts=config.max_retries + 1)
+                   max_retries=config.max_retries, max_timeouts=config.slurm_max_timeouts)
 
     def _executor(self, folder: Path, name: str):
         import submitit
 
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
+                                         slurm_max_num_timeout=self.max_timeouts)
         params = dict(name=name, timeout_min=self.timeout_min, cpus_per_task=self.cpus,
                       mem_gb=self.mem_gb, slurm_array_parallelism=self.array_parallelism,
                       slurm_signal_delay_s=SIGNAL_DELAY_S,
@@ -122,21 +112,22 @@ class SlurmBackend:
         return executor
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
-        from cejobs.claims import WORK, ClaimBoard, Owner, claims_root, remove_claims
-        from cejobs.store import CEStore
+        from cejobs.backends.slurm.claims import ClaimBoard, Owner, claims_root, remove_claims
+        from cejobs.run.kinds import pending_shards
+        from cejobs.run.store import CEStore
 
+        job = task.job
         store = CEStore.open(task.store)
         folder = Path(self.log_dir) if self.log_dir else Path(f"{task.store}.logs")
         run = f"submitit-{uuid.uuid4().hex[:12]}"
         count = self.workers or min(len(shards), self.array_parallelism)
         executor = self._executor(folder, f"cejobs-{task.kind}")
-        job = ClaimLoopJob(task, run, self.lease_s, self.max_attempts)
-        jobs = executor.map_array(job, list(range(count)))
+        jobs = executor.map_array(ClaimLoopJob(task, run, self.lease_s), list(range(count)))
         array_id = jobs[0].job_id.split("_")[0]
         print(f"submitted array job {array_id} ({count} task(s)); logs in {folder}; "
               f"watch with: squeue -j {array_id}", file=sys.stderr)
 
-        board = ClaimBoard(claims_root(task.store, WORK[task.kind].namespace), Owner.current(run))
+        board = ClaimBoard(claims_root(task.store, job.namespace), Owner.current(run))
         layout = store.layout
         wanted = set(shards)
         report = RunReport()
@@ -144,27 +135,26 @@ class SlurmBackend:
         try:
             ended_polls = 0
             while True:
-                eligible, done = WORK[task.kind].flags(store, task)
+                eligible, done = job.flags(store, task)
                 new = sorted(s for s in wanted - reported if done[s])
                 if new:
-                    started = store.read_rows(f"{self._prefix(task)}/started_at")
-                    finished = store.read_rows(f"{self._prefix(task)}/finished_at")
+                    started = store.read_rows(f"{job.timing_prefix(task)}/started_at")
+                    finished = store.read_rows(f"{job.timing_prefix(task)}/finished_at")
                 for s in new:
                     rows = layout.rows(s)
-                    ces = (rows.stop - rows.start) * layout.ces_per_source * self._ce_factor(task)
+                    ces = (rows.stop - rows.start) * layout.ces_per_source * job.ce_factor(task)
                     seconds = float(np.nan_to_num(finished[s] - started[s]))
                     on_result(ShardResult(s, ces=ces, seconds=seconds, worker=f"slurm {array_id}"))
                     reported.add(s)
                     report.done.append(s)
                 if wanted <= reported:
                     break
-                for s, errors in board.failures(run).items():
-                    if s in wanted - reported and len(errors) >= self.max_attempts \
-                            and s not in report.failed:
-                        report.failed[s] = errors[-1]
-                        on_result(ShardResult(s, error=errors[-1]))
-                states = _squeue_states(array_id)
-                live = states is None or any(st not in ENDED_STATES for st in states.values())
+                for s, error in board.given_up(run, self.max_retries).items():
+                    if s in wanted - reported and s not in report.failed:
+                        report.failed[s] = error
+                        on_result(ShardResult(s, error=error))
+                states = _array_states(array_id)
+                live = states is None or any(st not in FINAL_STATES for st in states.values())
                 ended_polls = 0 if live else ended_polls + 1
                 if ended_polls >= 2:  # two polls apart, so a requeue in between is seen
                     break
@@ -176,9 +166,8 @@ class SlurmBackend:
         if wanted <= reported:  # tasks still pending would only find nothing to do
             subprocess.run(["scancel", "--state=PENDING", array_id], capture_output=True,
                            timeout=60)
-            eligible, done = WORK[task.kind].flags(store, task)
-            if not (eligible & ~done).any():
-                remove_claims(task.store, WORK[task.kind].namespace)
+            if not pending_shards(store, task):
+                remove_claims(task.store, job.namespace)
         else:
             errors = _job_errors(jobs) + [
                 e[-1].strip().splitlines()[0] for _, e in sorted(board.failures(run).items())]
@@ -189,17 +178,6 @@ class SlurmBackend:
                 report.failed[s] = why
                 on_result(ShardResult(s, error=why))
         return report
-
-    @staticmethod
-    def _prefix(task: ShardTask) -> str:
-        """Where the shard timings are: generation's, or the first classifier's."""
-        if task.kind == "evaluate":
-            return f"eval/{next(iter(task.options['classifiers']))}"
-        return "shard"
-
-    @staticmethod
-    def _ce_factor(task: ShardTask) -> int:
-        return len(task.options["classifiers"]) if task.kind == "evaluate" else 1
 
 
 def _job_errors(jobs) -> list[str]:

@@ -19,8 +19,7 @@ until nothing is left. A resubmitted array therefore finishes exactly what is le
   tasks of the same run, up to `max_attempts` times in all; a resubmission (a new run)
   retries it again.
 
-The loop is generic over the task's kind: `WORK` says, per kind, which shards are eligible
-and which are done, and under which namespace they are claimed.
+The claim loop that runs in every array task is in `loop.py`.
 """
 
 from __future__ import annotations
@@ -28,67 +27,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
+import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Iterable
 
-import numpy as np
-
-if TYPE_CHECKING:  # kept light: claims are also used by processes that never load torch
-    from cejobs.store import CEStore
-    from cejobs.tasks import ShardTask
+from cejobs.backends.slurm.squeue import SlurmJobs
 
 CLAIMS_DIR = "claims"
 LEASE_S = 600.0  # a claim without a heartbeat for this long is stale
 HEARTBEAT_S = 30.0  # how often a held claim's mtime is refreshed
-SQUEUE_CACHE_S = 20.0  # how long one squeue answer is reused
-# SLURM job states in which the job's processes may still be running.
-ALIVE_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED",
-                          "SIGNALING", "STAGE_OUT", "RESIZING"})
 
 
 def log(message: str) -> None:
     """One timestamped line on stderr (the task's SLURM log)."""
     print(f"[{time.strftime('%H:%M:%S')}] cejobs: {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------- work per kind
-def _generate_flags(store: CEStore, task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
-    done = store.done("shard")
-    return np.ones_like(done), done
-
-
-def _evaluate_flags(store: CEStore, task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
-    eligible = store.done("shard")  # only generated shards can be evaluated
-    done = np.ones_like(eligible)
-    for name in task.options["classifiers"]:
-        done &= store.done(f"eval/{name}")
-    return eligible, done
-
-
-@dataclass(frozen=True)
-class Work:
-    namespace: str  # claims/<namespace>/<shard>
-    flags: Callable[[CEStore, ShardTask], tuple[np.ndarray, np.ndarray]]  # (eligible, done)
-
-
-WORK = {
-    "generate": Work("shard", _generate_flags),
-    "evaluate": Work("eval", _evaluate_flags),
-}
-
-
-def pending_shards(store: CEStore, task: ShardTask) -> list[int]:
-    eligible, done = WORK[task.kind].flags(store, task)
-    return [int(s) for s in np.flatnonzero(eligible & ~done)]
 
 
 def claims_root(store_path: str | os.PathLike, namespace: str) -> Path:
@@ -97,8 +55,6 @@ def claims_root(store_path: str | os.PathLike, namespace: str) -> Path:
 
 def remove_claims(store_path: str | os.PathLike, namespace: str) -> None:
     """Delete a finished namespace's claims and failure records (and `claims/` once empty)."""
-    import shutil
-
     shutil.rmtree(claims_root(store_path, namespace), ignore_errors=True)
     with contextlib.suppress(OSError):
         (Path(store_path) / CLAIMS_DIR).rmdir()  # only when empty
@@ -151,32 +107,6 @@ class ClaimInfo:
 def _owner_from(data: dict) -> Owner:
     fields = {k: data[k] for k in ("host", "pid", "run", "job", "task", "restart") if k in data}
     return Owner(**{"host": "?", "pid": -1, "run": "?", **fields})
-
-
-class SlurmJobs:
-    """Which SLURM jobs are running, from one cached `squeue` (None when it can't be asked)."""
-
-    def __init__(self, cache_s: float = SQUEUE_CACHE_S):
-        self.cache_s = cache_s
-        self._at = -1e18
-        self._running: set[str] | None = None
-
-    def running(self) -> set[str] | None:
-        if time.monotonic() - self._at < self.cache_s:
-            return self._running
-        self._at = time.monotonic()
-        try:
-            out = subprocess.run(["squeue", "-h", "-a", "-o", "%A %T"], capture_output=True,
-                                 text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            self._running = None
-            return None
-        if out.returncode != 0:
-            self._running = None
-            return None
-        rows = (line.split() for line in out.stdout.splitlines())
-        self._running = {r[0] for r in rows if len(r) == 2 and r[1] in ALIVE_STATES}
-        return self._running
 
 
 def _process_gone(pid: int) -> bool:
@@ -345,16 +275,17 @@ class ClaimBoard:
         return None
 
     # --- failures
-    def record_failure(self, shard: int, error: str) -> None:
+    def record_failure(self, shard: int, error: str, raised: bool = False) -> None:
+        """Record a failed attempt at `shard`: it `raised` (final for this run, as on Ray: a
+        retry computes the same numbers), or its worker was lost or could not start."""
         folder = self.root / "failed"
         folder.mkdir(exist_ok=True)
         body = json.dumps({"shard": shard, "run": self.owner.run, "error": error,
-                           "at": time.time(), "owner": self.owner.label})
+                           "raised": raised, "at": time.time(), "owner": self.owner.label})
         (folder / f"{shard}.{_safe(self.owner.run)}.{uuid.uuid4().hex}.json").write_text(body)
 
-    def failures(self, run: str | None = None) -> dict[int, list[str]]:
-        """shard -> errors recorded (in `run` only, when given), oldest first."""
-        out: dict[int, list[tuple[float, str]]] = {}
+    def _records(self, run: str | None) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
         folder = self.root / "failed"
         if not folder.is_dir():
             return {}
@@ -364,8 +295,18 @@ class ClaimBoard:
                 data = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            out.setdefault(int(data["shard"]), []).append((data.get("at", 0.0), data["error"]))
-        return {s: [e for _, e in sorted(v)] for s, v in out.items()}
+            out.setdefault(int(data["shard"]), []).append(data)
+        return {s: sorted(v, key=lambda d: d.get("at", 0.0)) for s, v in out.items()}
+
+    def failures(self, run: str | None = None) -> dict[int, list[str]]:
+        """shard -> errors recorded (in `run` only, when given), oldest first."""
+        return {s: [d["error"] for d in v] for s, v in self._records(run).items()}
+
+    def given_up(self, run: str, max_retries: int) -> dict[int, str]:
+        """Shards that `run` stops trying, with their last error: one that raised, or one
+        whose attempts were lost more than `max_retries` times (--max-retries)."""
+        return {s: v[-1]["error"] for s, v in self._records(run).items()
+                if any(d.get("raised") for d in v) or len(v) > max_retries}
 
 
 def _safe(text: str) -> str:
@@ -396,165 +337,3 @@ class Heartbeat:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-# ---------------------------------------------------------------------------- stopping
-class Interrupted(BaseException):
-    """Raised in the main thread by a stop signal while a shard computes. A BaseException,
-    so that run_shard_safely does not turn it into a failed shard."""
-
-
-def commit_codes() -> frozenset:
-    """Code of the functions that commit a shard (its data chunks, then its done flag): a stop
-    signal that arrives while one of them runs waits until it returns, so the shard ends up
-    done rather than half written."""
-    from cejobs.store import CEStore
-
-    return frozenset({CEStore.write_shard.__code__})
-
-
-def _committing(frame) -> bool:
-    codes = commit_codes()
-    while frame is not None:
-        if frame.f_code in codes:
-            return True
-        frame = frame.f_back
-    return False
-
-
-class Stopper:
-    """Turns stop signals (SIGUSR2: time limit or preemption; SIGTERM: cancel) into a stop.
-
-    Between shards the loop just ends. While a shard computes, Interrupted is raised to
-    abandon it: its claim is released and it is not done. While a shard commits, the commit
-    finishes first and the loop ends after it.
-    """
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._computing = False
-
-    def install(self, signals: Iterable[int]) -> "Stopper":
-        for sig in signals:
-            signal.signal(sig, self._handle)
-        return self
-
-    def request(self, reason: str) -> None:
-        self.reason = self.reason or reason
-
-    def _handle(self, signum: int, frame) -> None:
-        self.request(signal.Signals(signum).name)
-        if self._computing and not _committing(frame):
-            self._computing = False
-            raise Interrupted(self.reason)
-
-    @contextlib.contextmanager
-    def computing(self):
-        if self.reason:
-            raise Interrupted(self.reason)
-        self._computing = True
-        try:
-            yield
-        finally:
-            self._computing = False
-
-
-# ---------------------------------------------------------------------------- the loop
-def _start_worker(task: ShardTask, threads: int, make_worker: Callable | None):
-    from cejobs.threads import set_threads
-
-    set_threads(threads)  # 0: the CPUs of this task (SLURM_CPUS_PER_TASK, affinity)
-    if make_worker is None:
-        from cejobs.workers import make_worker
-    return make_worker(task)
-
-
-@dataclass
-class LoopReport:
-    done: list[int] = field(default_factory=list)  # shards this loop finished
-    failed: dict[int, str] = field(default_factory=dict)  # shard -> error, in this loop
-    interrupted: str | None = None  # the stop signal's name, when stopped early
-    abandoned: int | None = None  # the shard that was running when the stop came
-
-
-def claim_loop(
-    task: ShardTask,
-    owner: Owner | None = None,  # who claims; default: from the SLURM environment
-    lease_s: float = LEASE_S,  # heartbeat age after which a claim is stale
-    heartbeat_s: float = HEARTBEAT_S,  # heartbeat period
-    max_attempts: int = 4,  # tries of a failing shard within one run, over all tasks
-    stopper: Stopper | None = None,  # stop signals; None: run until no shard is left
-    threads: int = 0,  # torch threads (0: the task's CPUs, cejobs.threads.available_cpus)
-    start: int = 0,  # where to start in the pending list (spreads the first claims)
-    make_worker: Callable | None = None,  # task -> worker; default cejobs.workers.make_worker
-) -> LoopReport:
-    """Claim and run shards of `task` until none is left to claim; see the module doc."""
-    from cejobs.store import CEStore
-    from cejobs.tasks import ShardResult, run_shard_safely
-
-    owner = owner or Owner.current()
-    stopper = stopper or Stopper()
-    work = WORK[task.kind]
-    store = CEStore.open(task.store)
-    board = ClaimBoard(claims_root(task.store, work.namespace), owner, lease_s)
-    report = LoopReport()
-    worker = None
-    skip: set[int] = set()  # failed here: left to other tasks or a later run
-    cleared = board.clear_own_leftovers()
-    if cleared:
-        log(f"released claims left by an earlier run of this job: shards {cleared}")
-    heartbeat = Heartbeat(heartbeat_s)
-    try:
-        while not stopper.reason:
-            failures = board.failures(owner.run)
-            exhausted = {s for s, errors in failures.items() if len(errors) >= max_attempts}
-            pending = [s for s in pending_shards(store, task) if s not in skip | exhausted]
-            if not pending:
-                break
-            i = start % len(pending)
-            got = board.acquire(pending[i:] + pending[:i])
-            if got is None:
-                log(f"{len(pending)} shard(s) not done, all claimed by running tasks")
-                break
-            claim, stale = got
-            shard = claim.shard
-            if stale:
-                log(f"took over shard {shard}: {stale}")
-            heartbeat.claim = claim
-            try:
-                if work.flags(store, task)[1][shard]:
-                    continue  # finished by another task between our look and our claim
-                log(f"claimed shard {shard} ({owner.label})")
-                try:
-                    with stopper.computing():
-                        if worker is None:  # only once there is a shard: loads the models
-                            worker = _start_worker(task, threads, make_worker)
-                        result = run_shard_safely(worker, shard)
-                except Interrupted:
-                    report.interrupted, report.abandoned = stopper.reason, shard
-                    log(f"shard {shard} abandoned ({stopper.reason}): not done, claim released")
-                    break
-                except Exception as e:  # worker construction failed: no shard can run here
-                    result = ShardResult(shard, error=f"{type(e).__name__}: {e}\n"
-                                                      f"{traceback.format_exc(limit=4)}")
-                    board.record_failure(shard, result.error)
-                    report.failed[shard] = result.error
-                    log(f"shard {shard} failed: cannot start a worker: {type(e).__name__}: {e}")
-                    break
-                if result.ok:
-                    report.done.append(shard)
-                    log(f"shard {shard} done in {result.seconds:.1f} s ({result.ces} CEs)")
-                else:
-                    board.record_failure(shard, result.error)
-                    report.failed[shard] = result.error
-                    skip.add(shard)
-                    log(f"shard {shard} failed: {result.error.strip().splitlines()[0]}")
-            finally:
-                heartbeat.claim = None
-                claim.release()
-        if stopper.reason and report.interrupted is None:
-            report.interrupted = stopper.reason
-            log(f"stopping ({stopper.reason}) between shards")
-    finally:
-        heartbeat.close()
-    return report

@@ -27,14 +27,6 @@ class VPSDE:
         # sigma_t = sqrt(1 - alpha_t^2), via expm1 so that it stays accurate as t -> 0
         return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
 
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        """f(x, t) = -beta(t) x / 2."""
-        return -0.5 * self.beta(t) * x
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        """g(t) = sqrt(beta(t))."""
-        return torch.sqrt(self.beta(t))
-
 
 def time_grid(steps: int, eps: float = 1e-3, dtype: torch.dtype = torch.float64) -> Tensor:
     """score_sde's sampling grid t_i = linspace(1, eps, N). The step itself is dt = -1/N."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cejobs.config import ConfigError, GenerateConfig, parse_index_range
+from cejobs.run.config import ConfigError, GenerateConfig, parse_index_range
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cejobs.method.neighborhood import NEIGHBORHOOD_SCORES
+from cejobs.method.noise import ce_normals
+from cejobs.method.sampler import em_step, guided_eps
+from cejobs.method.sde import VPSDE, time_grid
 from cejobs.models.unet import AttnBlock
-from cejobs.neighborhood import NEIGHBORHOOD_SCORES
-from cejobs.noise import ce_normals
-from cejobs.sampler import em_step, guided_eps
-from cejobs.sde import VPSDE, time_grid
 
 
 @dataclass(frozen=True)

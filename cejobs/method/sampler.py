@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from cejobs.neighborhood import NEIGHBORHOOD_SCORES
-from cejobs.sde import VPSDE, time_grid
+from cejobs.method.neighborhood import NEIGHBORHOOD_SCORES
+from cejobs.method.sde import VPSDE, time_grid
 
 RandnLike = Callable[[int, Tensor], Tensor]  # (step index, x) -> standard normal like x
 Callback = Callable[[int, int], None]  # (steps done, steps in all)

@@ -1,0 +1,110 @@
+"""The Python API: the same code as the CLIs, for notebooks.
+
+    import cejobs
+    store = cejobs.generate(sources=4, steps=20, backend="local", store="runs/demo.zarr")
+    data = cejobs.open_store("runs/demo.zarr")   # data.tree (xarray), data.ces (pandas)
+    tables = cejobs.evaluate(store=["runs/demo.zarr"], backend="local")
+
+Keyword arguments are the CLI's fields (flags with underscores); a bad value raises
+ConfigError with the CLI's one-line message.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from cejobs.run.store import CEStore
+
+
+def callable_module(name: str, function: Callable) -> None:
+    """Make the module `name` callable as `function`: `cejobs.generate` is both the CLI module
+    (`python -m cejobs.generate`, `generate.main(argv)`) and the API call
+    `cejobs.generate(**fields)`, so that neither name shadows the other."""
+    cls = type("CallableModule", (types.ModuleType,), {"__call__": staticmethod(function),
+                                                       "__doc__": function.__doc__})
+    sys.modules[name].__class__ = cls
+
+
+def generate(**fields: Any) -> CEStore:
+    """Create or resume a store, as `python -m cejobs.generate` does; the store.
+
+    The store is returned also when some shards failed (`store.done()` says which are done);
+    the messages the CLI prints are printed here too."""
+    from cejobs.generate import run_generate
+    from cejobs.run.config import GenerateConfig
+    from cejobs.settings import typed
+
+    store, _ = run_generate(typed(GenerateConfig, fields))
+    return store
+
+
+def evaluate(**fields: Any) -> dict[str, pd.DataFrame]:
+    """Evaluate stores with classifiers, as `python -m cejobs.evaluate` does (it writes the
+    same files); the tables of tables/*.csv as DataFrames, by name."""
+    from cejobs.eval.report import tables
+    from cejobs.evaluate import run_evaluate
+    from cejobs.run.config import EvaluateConfig
+    from cejobs.settings import typed
+
+    results, _ = run_evaluate(typed(EvaluateConfig, fields))
+    return tables(results)
+
+
+@dataclass
+class StoreData:
+    """A store as labelled data."""
+
+    store: CEStore
+    tree: Any  # xarray.DataTree: every array, lazily read, with its dimension names
+    ces: pd.DataFrame  # one row per CE of the done shards, with its distances (and eval probs)
+    distances: pd.DataFrame  # L2 and L0 quantiles per CE group (same, different, all classes)
+
+
+def open_store(path: str | Path) -> StoreData:
+    """A store as an xarray DataTree, and pandas frames of its CEs and their distances."""
+    import xarray as xr
+
+    from cejobs.eval.metrics import distance_summary
+    from cejobs.eval.report import StoreResult, distance_table
+    from cejobs.run.layout import eval_prefix
+
+    store = CEStore.open(path)
+    tree = xr.open_datatree(str(store.path), engine="zarr", consolidated=False)
+    lay = store.layout
+    rows = np.flatnonzero(np.repeat(store.done(), lay.shard_size)[:lay.num_sources])
+    k = lay.ces_per_source
+    y = store.read_rows("source/y")
+    frame = {
+        "source": np.repeat(rows, k),
+        "ce": np.tile(np.arange(k), len(rows)),
+        "source_index": np.repeat(store.read_rows("source/index")[rows], k),
+        "label": np.repeat(y[rows], k),
+    }
+    extras = sorted(n for n in store.attrs["arrays"] if n.startswith("ce/")
+                    and n not in ("ce/x", "ce/target", "ce/l2", "ce/l0"))
+    for name in ["ce/target", "ce/l2", "ce/l0", *extras]:
+        frame[name.removeprefix("ce/")] = store.read_rows(name)[rows].reshape(-1)
+    eval_root = store.path / "eval"
+    for group in sorted(eval_root.iterdir()) if eval_root.is_dir() else []:
+        if (group / "zarr.json").exists():
+            prefix = eval_prefix(group.name)
+            prob = store.read_rows(f"{prefix}/ce_prob")[rows]  # (n, K, classes)
+            target = frame["target"].reshape(len(rows), k)
+            frame[f"p_target_{group.name}"] = np.take_along_axis(
+                prob, target[..., None], axis=-1).reshape(-1)
+    ces = pd.DataFrame(frame)
+    valid = np.zeros(lay.num_sources, dtype=bool)
+    valid[rows] = True
+    summary = distance_summary(y, store.read_rows("ce/target"), store.read_rows("ce/l2"),
+                               store.read_rows("ce/l0"), valid, num_classes=lay.num_classes,
+                               shard_size=lay.shard_size)
+    label = store.path.name.removesuffix(".zarr")
+    distances = distance_table([StoreResult(label, summary, {}, str(store.path), {})])
+    return StoreData(store, tree, ces, distances)

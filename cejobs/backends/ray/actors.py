@@ -1,0 +1,98 @@
+"""The shard actor, and the shape and number of actors for a cluster's resources."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from cejobs.run.tasks import ShardResult, ShardTask
+
+
+def actor_device(config_device: str, gpu_ids: Sequence[Any], cuda_available: bool) -> str:
+    """The torch device of an actor, from the run's --device and the GPUs Ray gave it."""
+    if config_device == "cpu" or not gpu_ids or not cuda_available:
+        return "cpu" if config_device == "auto" else config_device  # cuda: fails loudly
+    if os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"):  # sees every GPU
+        return f"cuda:{gpu_ids[0]}"
+    return "cuda"  # Ray set CUDA_VISIBLE_DEVICES to this actor's GPU(s)
+
+
+class ShardActor:
+    """Wrapped by ray.remote at run time (no import-time Ray)."""
+
+    def __init__(self, task: ShardTask, threads: int, use_gpu: bool):
+        import ray
+        import torch
+
+        from cejobs.run.tasks import worker_name
+
+        torch.set_num_threads(threads)
+        self.worker, self.error = None, None
+        self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if use_gpu else []
+        self.device = actor_device(task.config.device, self.gpu_ids,
+                                   torch.cuda.is_available())
+        try:
+            self.worker = task.job.make_worker(task, self.device)
+        except Exception as e:  # reported by ready(): the backend retires this actor
+            from cejobs.run.store import StoreError
+
+            hint = (" (the store must be on storage every node shares)"
+                    if isinstance(e, StoreError) else "")
+            self.error = f"{type(e).__name__}: {e}{hint}"
+        self.name = worker_name()
+
+    def ready(self) -> dict[str, Any]:
+        import torch
+
+        return dict(worker=self.name, device=self.device, gpus=self.gpu_ids,
+                    threads=torch.get_num_threads(), error=self.error)
+
+    def run(self, shard: int) -> ShardResult:
+        from cejobs.run.tasks import run_shard_safely
+
+        if self.worker is None:
+            return ShardResult(shard, error=str(self.error), worker=self.name)
+        return run_shard_safely(self.worker, shard)
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    count: int  # actors to start
+    options: dict[str, float]  # ray.remote resource options of each actor
+    threads: int  # torch threads inside each actor
+    use_gpu: bool
+    fits: int  # actors of this shape the cluster holds right now
+
+    def resources(self) -> str:
+        names = {"num_gpus": "GPU", "num_cpus": "CPU"}
+        return ", ".join(f"{names[k]} {v:g}" for k, v in self.options.items())
+
+    def describe(self) -> str:
+        res = self.resources()
+        kind = "GPU" if self.use_gpu else "CPU"
+        extra = (f"; the cluster has room for {self.fits} now, the rest start when resources "
+                 f"free up" if self.count > self.fits else "")
+        return f"{self.count} {kind} worker(s), {res}, {self.threads} thread(s) each{extra}"
+
+
+def plan_actors(resources: dict[str, float], *, workers: int, threads: int,
+                gpus_per_worker: float, device: str, shards: int) -> ActorPlan:
+    """How many actors of which shape, from the cluster's resources and the run's flags."""
+    from cejobs.run.config import ConfigError
+
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if device.startswith("cuda") and not gpus:
+        raise ConfigError(f"--device {device}, but the Ray cluster has no GPUs; use --device "
+                          f"auto or cpu")
+    use_gpu = gpus > 0 and device != "cpu"
+    if use_gpu:
+        threads = threads or 1
+        fits = int(gpus / gpus_per_worker + 1e-9)
+        options = dict(num_gpus=gpus_per_worker, num_cpus=float(threads))
+    else:
+        threads = threads or 1
+        fits = int(cpus // threads)
+        options = dict(num_cpus=float(threads))
+    count = min(workers or max(fits, 1), max(shards, 1))
+    return ActorPlan(count, options, threads, use_gpu, fits)

@@ -1,0 +1,102 @@
+"""Joining a Ray cluster, and saying in one line why an actor or a shard failed."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+
+DASHBOARD_HOST = "127.0.0.1"  # never expose Ray's dashboard beyond this host
+
+
+def log(message: str) -> None:
+    print(f"ray: {message}", file=sys.stderr, flush=True)
+
+
+def one_line(error: BaseException | str) -> str:
+    """The line that says what went wrong: the last `SomeError: ...` line, else the first."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b", line):
+            return line[:500]
+    return (lines[0] if lines else type(error).__name__)[:500]
+
+
+def loss_reason(error: BaseException) -> str:
+    """One line on why an actor is gone, classified by Ray's public exception types."""
+    from ray import exceptions as rx
+
+    if getattr(error, "preempted", False):
+        why = "its node was preempted"
+    elif isinstance(error, rx.NodeDiedError):
+        why = "its node died"
+    elif isinstance(error, rx.OutOfMemoryError):
+        why = "killed by Ray's memory monitor"
+    elif isinstance(error, rx.ActorUnavailableError):
+        why = "unreachable"
+    elif getattr(error, "actor_init_failed", False):
+        why = "its start-up raised"
+    elif isinstance(error, (rx.ActorDiedError, rx.WorkerCrashedError)):
+        why = "its process died"
+    else:
+        return one_line(error)
+    actor = getattr(error, "actor_id", None)
+    return f"{type(error).__name__} ({why}{f'; actor {actor[:12]}' if actor else ''})"
+
+
+CONNECT_TIMEOUT_S = 15.0  # a cluster whose GCS does not accept a connection by then is unreachable
+
+
+def gcs_reachable(target: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether something accepts TCP connections at `target` (host:port of a GCS)."""
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def connect(address: str | None) -> str:
+    """Join the cluster at `address` (else RAY_ADDRESS, as `ray job submit` sets it, else one
+    `ray start`ed on this node), or start a private local Ray. Returns what it did.
+
+    Ray itself retries an unreachable address without end, so it is probed first: a given
+    address that does not answer within CONNECT_TIMEOUT_S is an error; the last `ray start`
+    address recorded on this node (/tmp/ray/ray_current_cluster) that does not answer is a
+    leftover of a cluster that is gone, and a private local Ray starts instead.
+
+    Ray has no public call for that record: `canonicalize_bootstrap_address` (ray._private) is
+    the one private use, and without it the driver falls back to ray.init's own choice."""
+    import ray
+
+    from cejobs.run.config import ConfigError
+
+    if ray.is_initialized():
+        return "connected"
+    given = address or os.environ.get("RAY_ADDRESS") or None
+    target = given
+    try:  # resolves None the way ray.init will: RAY_ADDRESS, then this node's `ray start`
+        from ray._private.services import canonicalize_bootstrap_address
+
+        target = canonicalize_bootstrap_address(given)
+    except Exception:  # noqa: BLE001 - private API: fall back to what we were given
+        pass
+    note = ""
+    if target and "://" not in target and not gcs_reachable(target):
+        if given:
+            raise ConfigError(f"cannot reach the Ray cluster at {given} within "
+                              f"{CONNECT_TIMEOUT_S:.0f} s (check --ray-address / RAY_ADDRESS)")
+        note = f" (the last `ray start` on this node, {target}, is gone)"
+        address, target = "local", None
+    # A cluster forwards its workers' output into this driver, i.e. into the job's log.
+    try:
+        ray.init(address=address, log_to_driver=target is not None, logging_level="WARNING",
+                 include_dashboard=False, dashboard_host=DASHBOARD_HOST)
+    except ConnectionError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {target or address}: "
+                          f"{one_line(e)} (check --ray-address / RAY_ADDRESS)") from None
+    if not target:
+        return "started a local Ray" + note
+    return f"joined the cluster at {target}"

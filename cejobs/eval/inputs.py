@@ -1,0 +1,122 @@
+"""The inputs of an evaluation: classifiers (named checkpoints), store labels, and the checks
+done before any work (docs/evaluation.md)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cejobs.models.checkpoint import load_checkpoint
+from cejobs.run.config import REPO_DATA, ConfigError
+from cejobs.run.layout import eval_prefix
+from cejobs.run.store import CEStore, StoreError
+
+SHIPPED_DIGITS = REPO_DATA / "digits"  # classifier-<name>.pt: the default classifiers on digits
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a classifier name is one path segment
+
+
+@dataclass(frozen=True)
+class Classifier:
+    name: str  # its label, and its group eval/<name> in every store
+    path: Path
+    sha256: str
+    image_shape: tuple[int, ...]
+    num_classes: int
+
+
+def parse_classifier_flags(items: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--classifier must look like NAME=CKPT (got {item!r})")
+        if not NAME_RE.fullmatch(name):
+            raise ConfigError(f"classifier name {name!r} must be letters, digits and _.+- "
+                              f"(it names the folder eval/<name> in the store)")
+        if name in out:
+            raise ConfigError(f"classifier name {name!r} is given twice")
+        out[name] = Path(path)
+    return out
+
+
+def shipped_classifiers() -> dict[str, Path]:
+    """data/digits/classifier-<name>.pt -> {name: path}, sorted by name (training's
+    `*.resume.pt` files left aside)."""
+    paths = sorted(p for p in SHIPPED_DIGITS.glob("classifier-*.pt")
+                   if not p.name.endswith(".resume.pt"))
+    return {p.stem.removeprefix("classifier-"): p for p in paths}
+
+
+def root_dataset(store: CEStore, depth: int = 0) -> str:
+    """The dataset under a store: `store:PATH` datasets (CEs of CEs) are followed to theirs."""
+    name = str(store.config.get("dataset"))
+    if name.startswith("store:") and depth < 8:
+        try:
+            return root_dataset(CEStore.open(name[len("store:"):]), depth + 1)
+        except StoreError:
+            return name
+    return name
+
+
+def default_out(store_path: Path) -> Path:
+    """runs/x.zarr -> runs/x.eval (x.eval beside a store without the .zarr suffix)."""
+    stem = store_path.name.removesuffix(".zarr")
+    return store_path.parent / f"{stem}.eval"
+
+
+def store_labels(paths: list[Path]) -> list[str]:
+    """Unique labels: folder names without .zarr, prefixed by their parent on a clash."""
+    labels = [p.name.removesuffix(".zarr") for p in paths]
+    for i, p in enumerate(paths):
+        if labels.count(labels[i]) > 1:
+            labels[i] = f"{p.resolve().parent.name}-{labels[i]}"
+    return [lab if labels.count(lab) == 1 else f"{lab}-{i}" for i, lab in enumerate(labels)]
+
+
+# ---------------------------------------------------------------------------- checks
+def load_classifiers(paths: dict[str, Path]) -> list[Classifier]:
+    out = []
+    for name, path in paths.items():
+        ckpt = load_checkpoint(path, expect_kind="classifier")
+        out.append(Classifier(name, path, ckpt.sha256, tuple(ckpt.meta["image_shape"]),
+                              int(ckpt.meta["num_classes"])))
+    return out
+
+
+def check_inputs(stores: list[CEStore], classifiers: list[Classifier], allow_partial: bool) -> None:
+    """Raise ConfigError (one line) on the first input that can't be evaluated as asked."""
+    for store in stores:
+        lay = store.layout
+        for c in classifiers:
+            if c.image_shape != tuple(lay.image_shape) or c.num_classes != lay.num_classes:
+                raise ConfigError(
+                    f"classifier {c.name} ({c.path}) is for images {c.image_shape} with "
+                    f"{c.num_classes} classes, but {store.path} has {tuple(lay.image_shape)} "
+                    f"with {lay.num_classes} classes")
+            recorded = store.classifier_sha256(c.name)
+            if recorded is not None and recorded != c.sha256:
+                raise ConfigError(
+                    f"{store.path} already has {eval_prefix(c.name)} from a checkpoint with sha256 "
+                    f"{recorded[:12]}, but {c.path} has {c.sha256[:12]}; give it another name")
+        done = store.done()
+        if not done.any():
+            raise ConfigError(f"{store.path} has no finished shard (0 of {done.size}); "
+                              f"run python -m cejobs.generate first")
+        if not done.all() and not allow_partial:
+            raise ConfigError(
+                f"{store.path} is incomplete ({int(done.sum())} of {done.size} shards done); "
+                f"finish it with python -m cejobs.generate, or pass --allow-partial")
+
+
+def default_classifier_paths(stores: list[CEStore]) -> dict[str, Path]:
+    """The shipped digits classifiers, when every store's dataset is digits."""
+    datasets = {root_dataset(s) for s in stores}
+    if datasets != {"digits"}:
+        raise ConfigError(f"no default classifiers for dataset(s) {', '.join(sorted(datasets))}"
+                          f": pass --classifier NAME=CKPT")
+    paths = shipped_classifiers()
+    if not paths:
+        raise ConfigError(f"no shipped classifiers {SHIPPED_DIGITS}/classifier-*.pt: "
+                          f"pass --classifier NAME=CKPT")
+    return paths

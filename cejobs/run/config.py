@@ -1,0 +1,203 @@
+"""Run configuration: typed settings read from a TOML file and CLI flags (flags win).
+
+- `Resources`: where and how shards run (backend, devices, workers, SLURM and Ray limits).
+  Shared by generate and evaluate; it may change between a run and its resume.
+- `GenerateConfig(Resources)`: what to make. Fields marked `identity` decide the numbers in the
+  store: a resume must match them exactly (docs/design.md).
+- `EvaluateConfig(Resources)`: which stores and classifiers to evaluate.
+
+Every field is a flag (`--sigma-ce`) and a TOML key (`sigma_ce`); see cejobs.settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from cejobs.backends import BACKENDS as _BACKEND_TABLE
+from cejobs.method.methods import METHODS
+from cejobs.settings import ConfigError, identity_of, parse, setting, typed
+
+PRECISIONS = ("fp32", "bf16")
+CE_DTYPES = ("float32", "float16")
+BUILTIN_DATASETS = ("digits", "cifar10", "svhn")
+SPLITS = ("train", "test")
+BACKENDS = tuple(_BACKEND_TABLE)
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+_f = setting
+
+
+@dataclass
+class Resources:
+    """Where and how shards run; the same for generate and evaluate."""
+
+    backend: str = _f("ray", "where shards run", choices=BACKENDS)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    batch_size: int = _f(256, "CEs per sampler batch (the network sees twice this); "
+                              "evaluate: images per classifier batch", ge=1)
+    workers: int = _f(0, "number of workers (0 = one per GPU, else one per CPU thread group)", ge=0)
+    threads: int = _f(0, "torch threads per worker (0: the CPUs it may use for local and "
+                         "SLURM, 1 per Ray CPU worker)", ge=0)
+    gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)", gt=0)
+    max_retries: int = _f(3, "retries of a shard whose worker was lost (ray: actor or node "
+                             "died; slurm: claim gone stale); a shard that raised is not "
+                             "retried", ge=0)
+    max_in_flight: int = _f(0, "ray: shards queued per worker at most (0 = 2)")
+    ray_address: str | None = _f(None, "ray cluster address; unset: RAY_ADDRESS, else a local Ray")
+    partition: str | None = _f(None, "slurm: partition")
+    slurm_gpus: int = _f(1, "slurm: GPUs per array task")
+    slurm_cpus: int = _f(4, "slurm: CPUs per array task")
+    slurm_mem_gb: int = _f(16, "slurm: memory per array task, GB")
+    timeout_min: int = _f(240, "slurm: time limit per array task, minutes")
+    slurm_max_timeouts: int = _f(1000, "slurm: requeues after a time-out or preemption per "
+                                       "task at most (submitit slurm_max_num_timeout)", ge=0)
+    array_parallelism: int = _f(64, "slurm: array tasks running at once at most")
+    slurm_log_dir: str | None = _f(None, "slurm: folder for submitit logs; unset: <store>.logs")
+    progress: bool = _f(True, "show a progress bar")
+
+    def validate(self) -> None:
+        """Raise ConfigError on the first bad value."""
+        if re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is None:
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+
+
+@dataclass
+class GenerateConfig(Resources):
+    # --- what to make (identity: recorded in the store, must match on resume)
+    dataset: str = _f("digits", "digits | cifar10 | svhn | PATH.npz | store:PATH", identity=True)
+    data_root: str | None = _f(None, "folder holding cifar10/svhn files (never downloaded)")
+    split: str = _f("train", "dataset split of the sources", identity=True, choices=SPLITS)
+    sources: int | None = _f(
+        20, "number of sources: the first N of the split (ignored with --indices)", identity=True
+    )
+    indices: str | None = _f(None, "source index range A:B of the split (overrides --sources)",
+                             identity=True)
+    method: str = _f("boltzmann", "neighbourhood score, or robust-classifier CEs",
+                     identity=True, choices=tuple(METHODS))
+    w: float = _f(15.0, "classifier-free guidance weight (paper eq. 3)", identity=True, ge=0)
+    sigma_ce: float = _f(0.2, "neighbourhood scale, in model space [-1, 1]", identity=True, gt=0)
+    steps: int = _f(1000, "Euler-Maruyama steps", identity=True, ge=1)
+    per_class: int = _f(2, "CEs per target class per source", identity=True, ge=1)
+    shard_size: int = _f(2, "sources per shard (= zarr chunk along N)", identity=True, ge=1)
+    seed: int = _f(0, "run seed: the noise of each CE depends only on it and the CE's position",
+                   identity=True)
+    model: str | None = _f(None, "diffusion checkpoint; unset: data/digits/diffusion.pt")
+    classifier: str | None = _f(
+        None, "classifier checkpoint for --method robust; unset: data/digits/classifier-l2-eps1.0.pt"
+    )
+    precision: str = _f("fp32", "network precision (SDE state and scores stay fp32)",
+                        identity=True, choices=PRECISIONS)
+    ce_dtype: str = _f("float32", "dtype of ce/x in the store", identity=True, choices=CE_DTYPES)
+    robust_step_size: float = _f(0.05, "robust: L2 length of each gradient step",
+                                 identity=True, gt=0)
+    robust_max_steps: int = _f(200, "robust: step cap", identity=True, ge=1)
+    robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this",
+                                 identity=True, gt=0, lt=1)
+    # --- inputs (may move between a run and its resume)
+    store: str | None = _f(None, "zarr store path; unset: runs/<dataset>-<method>.zarr")
+    compile: bool = _f(False, "torch.compile the diffusion network, or with --fast the "
+                              "whole step (2.2x on an H200; falls back to eager if it fails)")
+    fast: bool = _f(False, "fast sampling path: channels-last, SDPA attention, noise made on "
+                           "the device, no host sync per step; with --compile the whole guided "
+                           "step is compiled (CUDA graphs on a GPU); each part falls back when "
+                           "it cannot run (docs/performance.md)")
+    compile_cache: str | None = _f(None, "folder for torch.compile's kernel cache (--compile, "
+                                         "--fast); unset: $TORCHINDUCTOR_CACHE_DIR, else "
+                                         "~/.cache/cejobs/inductor")
+
+    # ---------------------------------------------------------------- derived values
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the store's numbers (checksums are added by the driver):
+        the common ones, and those of its method (cejobs.method.methods)."""
+        own = set(METHODS[self.method].identity)
+        every_method = {name for m in METHODS.values() for name in m.identity}
+        return {k: v for k, v in identity_of(self).items() if k not in every_method - own}
+
+    def resolved_store(self) -> Path:
+        if self.store:
+            return Path(self.store)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.dataset.removeprefix("store:")).stem)
+        return Path("runs") / f"{name}-{self.method}.zarr"
+
+    def resolved_model(self) -> Path:
+        return Path(self.model) if self.model else REPO_DATA / "digits" / "diffusion.pt"
+
+    def resolved_classifier(self) -> Path:
+        if self.classifier:
+            return Path(self.classifier)
+        return REPO_DATA / "digits" / "classifier-l2-eps1.0.pt"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def command_line_wins(values: dict[str, Any], flags: dict[str, Any]) -> None:
+        """A --sources count on the command line wins over a TOML `indices`."""
+        if "sources" in flags and "indices" not in flags:
+            values["indices"] = None
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise ConfigError on the first bad value; checks nothing on disk but the dataset name."""
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be in [0, 2^63) (got {self.seed})")
+        super().validate()
+        if self.indices is None and (self.sources is None or self.sources < 1):
+            raise ConfigError("give --sources N (N >= 1) or --indices A:B")
+        if self.indices is not None:
+            parse_index_range(self.indices)
+        ds = self.dataset
+        if not (ds in BUILTIN_DATASETS or ds.endswith(".npz") or ds.startswith("store:")):
+            raise ConfigError(
+                f"unknown --dataset {ds!r}: use digits, cifar10, svhn, a PATH.npz or store:PATH"
+            )
+
+
+@dataclass
+class EvaluateConfig(Resources):
+    """Stores and classifiers to evaluate, and where the tables and figures go."""
+
+    store: list[str] = _f([], "a store made by generate; repeat to compare stores (their "
+                              "labels are the folder names without .zarr)")
+    classifier: list[str] = _f([], "NAME=CKPT, a classifier and its name; repeat for several "
+                                   "(none: data/digits/classifier-*.pt, named by file stem "
+                                   "without 'classifier-', for digits stores)")
+    out: str | None = _f(None, "output folder; unset: the first store's path with .zarr "
+                               "replaced by .eval")
+    allow_partial: bool = _f(False, "evaluate only the finished shards of unfinished stores; "
+                                    "the report says which part was evaluated")
+    figures: bool = _f(True, "draw figures/*.png")
+    backend: str = _f("local", "where shards run; one process is enough for small stores",
+                      choices=BACKENDS)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.store:
+            raise ConfigError("give at least one --store PATH")
+
+
+def parse_index_range(text: str) -> range:
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not m or int(m[1]) >= int(m[2]):
+        raise ConfigError(f"--indices must look like A:B with A < B (got {text!r})")
+    return range(int(m[1]), int(m[2]))
+
+
+def config_from(values: dict[str, Any]) -> GenerateConfig:
+    """A validated GenerateConfig from field values (the Python API's path)."""
+    return typed(GenerateConfig, values)
+
+
+def parse_generate_args(argv: Sequence[str] | None = None,
+                        prog: str = "python -m cejobs.generate") -> GenerateConfig:
+    return parse(GenerateConfig, argv, prog)
+
+
+def parse_evaluate_args(argv: Sequence[str] | None = None,
+                        prog: str = "python -m cejobs.evaluate") -> EvaluateConfig:
+    return parse(EvaluateConfig, argv, prog, "Run classifiers over CE stores (writing "
+                 "eval/<name>/ into each store, sharded and resumable), then write "
+                 "summary.json, tables/*.csv, report.md and figures/*.png.")

@@ -1,0 +1,110 @@
+"""Job kinds: what fills a store, shard by shard. The one place that knows, per kind, its
+worker, its arrays and their prefix, its claims namespace, its preparation and its CE count.
+
+Backends, the driver's progress and the SLURM claim loop ask the task's kind (`task.job`);
+they never branch on a kind's name. A new job kind is a new `JobKind` subclass here, with its
+worker, added to `KINDS`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cejobs.run.layout import eval_prefix
+
+if TYPE_CHECKING:
+    from cejobs.run.store import CEStore
+    from cejobs.run.tasks import ShardTask
+
+
+class JobKind:
+    name: str
+    namespace: str  # SLURM claims live under <store>/claims/<namespace>/
+
+    def make_worker(self, task: ShardTask, device: str | None = None):
+        """The worker of this kind; it loads its models once and runs many shards."""
+        raise NotImplementedError
+
+    def flags(self, store: CEStore, task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
+        """(eligible, done) per shard, read fresh from the store."""
+        raise NotImplementedError
+
+    def timing_prefix(self, task: ShardTask) -> str:
+        """Where the shard timings (started_at, finished_at) of this kind are."""
+        raise NotImplementedError
+
+    def ce_factor(self, task: ShardTask) -> int:
+        """Results per CE of a shard (one per classifier for evaluate)."""
+        return 1
+
+    def prepare(self, argv: list[str]) -> tuple[list[ShardTask], list[str]]:
+        """A SLURM array task's start: create or open the store(s) from the command line's
+        flags; the tasks, and the argv of the summary step after the array."""
+        raise NotImplementedError
+
+
+class Generate(JobKind):
+    name, namespace = "generate", "shard"
+
+    def make_worker(self, task, device=None):
+        from cejobs.run.generate_worker import GenerateWorker
+
+        return GenerateWorker(task, device)
+
+    def flags(self, store, task):
+        done = store.done("shard")
+        return np.ones_like(done), done
+
+    def timing_prefix(self, task):
+        return "shard"
+
+    def prepare(self, argv):
+        from cejobs.generate import prepare
+        from cejobs.run.config import parse_generate_args
+
+        from cejobs.run.tasks import ShardTask
+
+        config = parse_generate_args(argv, prog="python -m cejobs.array_task generate")
+        path = str(prepare(config).path.resolve())
+        return [ShardTask(self.name, path, config)], ["summary", "--store", path]
+
+
+class Evaluate(JobKind):
+    """task.options["classifiers"]: name -> {"path", "sha256"}, each written to eval/<name>."""
+
+    name, namespace = "evaluate", "eval"
+
+    def make_worker(self, task, device=None):
+        from cejobs.eval.worker import EvaluateWorker
+
+        return EvaluateWorker(task, device)
+
+    def flags(self, store, task):
+        eligible = store.done("shard")  # only generated shards can be evaluated
+        done = np.ones_like(eligible)
+        for name in task.options["classifiers"]:
+            done &= store.done(eval_prefix(name))
+        return eligible, done
+
+    def timing_prefix(self, task):
+        return eval_prefix(next(iter(task.options["classifiers"])))
+
+    def ce_factor(self, task):
+        return len(task.options["classifiers"])
+
+    def prepare(self, argv):
+        from cejobs import evaluate
+
+        tasks = evaluate.create_tasks(evaluate.prepare(argv))
+        return tasks, ["evaluate-summary", *argv]
+
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (Generate(), Evaluate())}
+
+
+def pending_shards(store: CEStore, task: ShardTask) -> list[int]:
+    """Shards of `task` that may run and are not done."""
+    eligible, done = task.job.flags(store, task)
+    return [int(s) for s in np.flatnonzero(eligible & ~done)]
