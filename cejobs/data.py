@@ -115,6 +115,21 @@ def _digits(split: str) -> ImageDataset:
     return ImageDataset("digits", split, pixels[sel], labels[sel], 10, scale=1.0 / 16.0)
 
 
+def _trusting(dataset_cls: type) -> type:
+    """A torchvision dataset class that skips its md5 sums: the files' existence is checked
+    before, with a clearer message than torchvision's."""
+    return type(f"_{dataset_cls.__name__}OnDisk", (dataset_cls,),
+                {"_check_integrity": lambda self: True})
+
+
+def _read(what: str, dataset_cls: type, *args, **kwargs):
+    """dataset_cls(*args, download=False, **kwargs), or one DatasetError line naming `what`."""
+    try:
+        return dataset_cls(*args, download=False, **kwargs)
+    except Exception as exc:
+        raise DatasetError(f"{what} is unreadable: {exc}") from exc
+
+
 def _missing(paths: list[Path]) -> list[Path]:
     return [p for p in paths if not p.is_file()]
 
@@ -131,19 +146,13 @@ def _cifar10(root: Path, split: str) -> ImageDataset:
             "(the 'CIFAR-10 python version'); put them there or pass --data-root"
         )
 
-    class _CIFAR10OnDisk(CIFAR10):  # existence checked above; skip the md5 sums
-        def _check_integrity(self) -> bool:
-            return True
-
+    class _CIFAR10OnDisk(_trusting(CIFAR10)):
         def _load_meta(self) -> None:  # torchvision's, less the md5 check
             with open(folder / self.meta["filename"], "rb") as f:
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
-    try:
-        ds = _CIFAR10OnDisk(str(root), train=split == "train", download=False)
-    except Exception as exc:
-        raise DatasetError(f"cifar10 in {folder} is unreadable: {exc}") from exc
+    ds = _read(f"cifar10 in {folder}", _CIFAR10OnDisk, str(root), train=split == "train")
     pixels = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # HWC -> CHW, uint8
     return ImageDataset("cifar10", split, pixels, np.asarray(ds.targets), 10, scale=1.0 / 255.0)
 
@@ -159,14 +168,7 @@ def _svhn(root: Path, split: str) -> ImageDataset:
             "put it there or pass --data-root"
         )
 
-    class _SVHNOnDisk(SVHN):  # existence checked above; skip the md5 sum
-        def _check_integrity(self) -> bool:
-            return True
-
-    try:
-        ds = _SVHNOnDisk(str(root), split=split, download=False)
-    except Exception as exc:
-        raise DatasetError(f"svhn file {path} is unreadable: {exc}") from exc
+    ds = _read(f"svhn file {path}", _trusting(SVHN), str(root), split=split)
     return ImageDataset("svhn", split, np.ascontiguousarray(ds.data), ds.labels, 10, scale=1.0 / 255.0)
 
 
