@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from cejobs import bench_fast, bench_load, bench_steps
+from cejobs import bench_fast, bench_generate, bench_load, bench_steps
 from cejobs.models.compiled import maybe_compile
 from cejobs.models.unet import UNET_PRESETS, UNet
 from cejobs.method.noise import CENoise
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-seconds", type=float, default=90.0,
                    help="shard compute time to compare with (H200, compiled bf16)")
     bench_steps.add_parser(sub)
-    bench_fast.add_generate_parser(sub)
+    bench_generate.add_parser(sub)
     bench_fast.add_fusion_parser(sub)
     p = sub.add_parser("memory")
     p.add_argument("--sources", type=int, nargs="+", default=[16, 128, 1024])
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
         print(json.dumps(result, indent=2))
         return bench_fast.main_check(result) if args.check else 0
-    result = {"fusion": bench_fast.bench_fusion, "generate": bench_fast.bench_generate,
+    result = {"fusion": bench_fast.bench_fusion, "generate": bench_generate.bench_generate,
               "sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
               "memory": bench_memory, "train": bench_train, "steps": bench_steps.bench_steps,
               "load": bench_load.bench_load}[args.bench](args)
