@@ -53,6 +53,9 @@ read -r -a extra_start <<< "${CEJOBS_RAY_START_ARGS:-}"
 # shared home (or from RAY_AUTH_TOKEN_PATH on shared storage); it is made here if missing and
 # never printed.
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+# Ray runs its workers at nice 15 by default; on a node shared with other jobs that starves
+# them (docs/performance.md, "CPU threads under load").
+export RAY_worker_niceness="${RAY_worker_niceness:-0}"
 if [[ "$RAY_AUTH_MODE" == token ]]; then
     "$ray_cli" get-auth-token --generate > /dev/null
 fi

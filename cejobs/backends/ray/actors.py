@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from cejobs.run.tasks import ShardResult, ShardTask
+from cejobs.threads import undo_ray_nice
 
 
 def actor_device(config_device: str, gpu_ids: Sequence[Any], cuda_available: bool) -> str:
@@ -28,6 +29,7 @@ class ShardActor:
         from cejobs.run.tasks import worker_name
 
         torch.set_num_threads(threads)
+        self.nice = undo_ray_nice()  # Ray's nice 15 starves CPU work on a shared node
         self.worker, self.error = None, None
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if use_gpu else []
         self.device = actor_device(task.config.device, self.gpu_ids,
@@ -46,7 +48,7 @@ class ShardActor:
         import torch
 
         return dict(worker=self.name, device=self.device, gpus=self.gpu_ids,
-                    threads=torch.get_num_threads(), error=self.error)
+                    threads=torch.get_num_threads(), nice=self.nice, error=self.error)
 
     def run(self, shard: int) -> ShardResult:
         from cejobs.run.tasks import run_shard_safely
