@@ -1,4 +1,4 @@
-"""cejobs.neighborhood against arbitrary-precision (mpmath) and quadrature (scipy) references."""
+"""cejobs.method.neighborhood against arbitrary-precision (mpmath) and quadrature (scipy) references."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ DONE_LINE = re.compile(r"cejobs: shard (\d+) done in")
 
 # ============================================================================ claims (no SLURM)
 def _claimer(root: Path, script: str) -> subprocess.Popen:
-    """A second process that uses cejobs.claims on `root`; it reads commands on stdin."""
+    """A second process that uses cejobs.backends.slurm.claims on `root`; it reads commands on stdin."""
     code = textwrap.dedent(f"""
         import json, os, sys
         from cejobs.backends.slurm.claims import ClaimBoard, Owner
