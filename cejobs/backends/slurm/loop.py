@@ -8,18 +8,26 @@ Attempts (--max-retries, as on Ray): a shard that raised is not retried in this 
 whose worker was lost (its claim went stale and was taken over) or whose worker could not
 start is retried until it has failed more than max_retries times. A resubmission (a new run)
 tries every shard not done again.
+
+The watchdog (--shard-timeout, cejobs.backends.watchdog): while a shard timeout applies, the
+heartbeat beats at least four times per timeout, a claim whose heartbeat is older than the
+timeout is stale (its owner hung), and a task that finds every pending shard claimed keeps
+watching those claims instead of ending, so that one of them is taken over when its owner
+hangs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from cejobs.backends.slurm.claims import (HEARTBEAT_S, LEASE_S, ClaimBoard, Heartbeat, Owner,
                                           claims_root, log)
+from cejobs.backends.watchdog import shard_timeout
 
 if TYPE_CHECKING:  # kept light: the summary step runs without torch
     from cejobs.run.tasks import ShardTask
@@ -78,6 +86,14 @@ def _start_worker(task: ShardTask, threads: int, make_worker: Callable | None):
     return (make_worker or task.job.make_worker)(task)
 
 
+def _finished_seconds(store, task: ShardTask) -> list[float]:
+    """How long each done shard took, from the store's timing arrays (every task's)."""
+    prefix = task.job.timing_prefix(task)
+    done = task.job.flags(store, task)[1]
+    took = store.read_rows(f"{prefix}/finished_at") - store.read_rows(f"{prefix}/started_at")
+    return [float(t) for t, d in zip(took, done) if d and t == t]
+
+
 @dataclass
 class LoopReport:
     done: list[int] = field(default_factory=list)  # shards this loop finished
@@ -111,8 +127,12 @@ def claim_loop(
     if cleared:
         log(f"released claims left by an earlier run of this job: shards {cleared}")
     heartbeat = Heartbeat(heartbeat_s)
+    watching = False  # said that we watch the claims of others
     try:
         while not stopper.reason:
+            board.hung_s = timeout = shard_timeout(config.shard_timeout,
+                                                   _finished_seconds(store, task))
+            heartbeat.interval_s = min(heartbeat_s, timeout / 4) if timeout else heartbeat_s
             given_up = board.given_up(owner.run, config.max_retries)
             pending = [s for s in pending_shards(store, task) if s not in skip and
                        s not in given_up]
@@ -120,9 +140,16 @@ def claim_loop(
                 break
             i = start % len(pending)
             got = board.acquire(pending[i:] + pending[:i])
-            if got is None:
+            if got is None and timeout is None:
                 log(f"{len(pending)} shard(s) not done, all claimed by running tasks")
                 break
+            if got is None:  # the watchdog: one of them may hang
+                if not watching:
+                    log(f"{len(pending)} shard(s) not done, all claimed by running tasks; "
+                        f"watching their claims (shard timeout {timeout:.0f} s)")
+                watching = True
+                time.sleep(min(5.0, timeout / 4))
+                continue
             claim, stale = got
             shard = claim.shard
             if stale:
