@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -131,15 +133,27 @@ def test_slurm_hung_shard_watchdog(hosts, slurm_nodes, tiny_models, reference, t
     assert_same(store, reference, gate)
 
 
-def test_slurm_ray_on_two_nodes(hosts, slurm_nodes, tiny_models, reference, tmp_path):
+@pytest.fixture
+def ray_temp() -> Path:
+    temp = Path(tempfile.mkdtemp(prefix="cjr-", dir="/tmp"))  # short: Ray's socket paths
+    yield temp
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_slurm_ray_on_two_nodes(hosts, slurm_nodes, tiny_models, reference, tmp_path, ray_temp):
     gate, store = Gate(tmp_path / "gate"), tmp_path / "s.zarr"
     env = {**gate.env, **PY, "CEJOBS_RAY": RAY_CLI, "CEJOBS_RAY_LAUNCH": "srun",
-           "RAY_AUTH_MODE": "disabled", "CEJOBS_RAY_TEMP_DIR": str(tmp_path / "ray"),
+           "RAY_AUTH_MODE": "disabled", "CEJOBS_RAY_TEMP_DIR": str(ray_temp),
            "RAY_USAGE_STATS_ENABLED": "0"}
     job = slurm_nodes.sbatch(["--nodes=2", "--gres=gpu:1", f"--output={tmp_path}/%x-%j.out",
                               "ray/slurm-ray.sh", "configs/digits.toml",
                               *flags(tiny_models["diffusion"], store)], env=env)
-    wait_for(lambda: both_waiting(hosts, gate), 400, "a Ray worker at the gate on each node")
+
+    def waiting():
+        assert "RUNNING" in slurm_nodes.states(job).values() or not (tmp_path / f"cejobs-ray-{job}.out").exists(), slurm_logs(tmp_path)
+        return both_waiting(hosts, gate)
+
+    wait_for(waiting, 400, "a Ray worker at the gate on each node")
     gate.open()
     wait_for(lambda: set(slurm_nodes.states(job).values()) - {"RUNNING", "PENDING",
                                                                "CONFIGURING", "COMPLETING"},
