@@ -128,8 +128,12 @@ class SlurmNodes:
 
 @pytest.fixture
 def slurm_nodes(hosts: Hosts) -> Iterator[SlurmNodes]:
-    if shutil.which("slurmctld") is None:
-        _unavailable("slurm-wlm is not installed (slurm/local/cluster.sh install)")
+    if shutil.which("slurmctld") is None:  # as the single-node fixture does: install it
+        r = subprocess.run(["bash", str(REPO / "slurm" / "local" / "cluster.sh"), "install"],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode:
+            _unavailable(f"slurm-wlm is not installed and `cluster.sh install` failed: "
+                         f"{r.stderr.strip().splitlines()[-1:]}")
     r = subprocess.run(["bash", str(NODES_SH), "start"], env=hosts.env, capture_output=True,
                        text=True, timeout=180)
     if r.returncode:

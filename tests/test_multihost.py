@@ -10,8 +10,10 @@ each worker holds one, so what is running when a node fails never depends on tim
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import shutil
 import signal
 import sys
@@ -76,6 +78,39 @@ def both_waiting(hosts, gate: Gate) -> dict[str, int]:
 
 def text(*paths: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+
+# ----------------------------------------------------------------------------- the harness
+PROBE = ("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], 9), timeout=3)\n"
+         "except ConnectionRefusedError:\n    print('reached')\nexcept OSError as e:\n"
+         "    print('unreachable', e)\n")
+
+
+def test_hosts_harness(hosts):
+    """Hosts reach each other by address (a refused port answers), a cut host does not, the
+    root namespace holds none of their addresses, and cleanup is idempotent, also for a set
+    whose owner crashed (prune)."""
+    h0 = hosts.addr("h0")
+    assert hosts.run("h2", [sys.executable, "-c", PROBE, h0]).stdout.strip() == "reached"
+    hosts.sh("cut", "h2")
+    assert hosts.run("h2", [sys.executable, "-c", PROBE, h0]).stdout.startswith("unreachable")
+    hosts.sh("heal", "h2")
+    assert hosts.run("h2", [sys.executable, "-c", PROBE, h0]).stdout.strip() == "reached"
+    root = subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
+    assert h0.rsplit(".", 1)[0] not in root
+    assert len(hosts.sh("status").splitlines()) == 3
+    # a set left by a crashed session: its owner pid (in the name) is gone
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    from tests.multihost_fixtures import Hosts
+
+    orphan = Hosts(f"cjt{dead.pid}")
+    orphan.sh("up", "2")
+    hosts.sh("prune")
+    assert orphan.sh("status", check=False) == f"cjt{dead.pid}: down\n"
+    hosts.sh("down")
+    hosts.sh("down")  # idempotent
+    assert hosts.sh("status", check=False) == f"{hosts.name}: down\n"
 
 
 # ----------------------------------------------------------------------------- SLURM
@@ -199,7 +234,11 @@ def test_ray_partition_longer_than_health_check(hosts, ray_nodes, tiny_models, r
     proc = submit_ray(ray_nodes, gate, store, tiny_models, log)
     cut_off = wait_for(lambda: both_waiting(hosts, gate), 400, "a worker at the gate on each node")
     hosts.sh("cut", "h2")  # h2 keeps running, alone, with the shared files
-    wait_for(lambda: lost_line(log, hosts.addr("h2"), ""), 120, "Ray to declare h2 dead")
+    wait_for(lambda: lost_line(log, hosts.addr("h2"), ""), 120, "the loss of h2's worker")
+    nodes = hosts.run("h0", [RAY_CLI, "list", "nodes", "--format", "json", "--address",
+                             "http://127.0.0.1:8265"], env={"RAY_AUTH_MODE": "disabled"}).stdout
+    assert {"node_ip": hosts.addr("h2"), "state": "DEAD"} in [
+        {k: n[k] for k in ("node_ip", "state")} for n in json.loads(nodes)], nodes
     # the cut-off worker fenced itself before Ray gave its shard to another
     wait_for(lambda: not on_host(hosts, "h2", cut_off["h2"]), 60, "h2's worker to exit")
     assert "cannot reach the head" in text(*ray_nodes.temp.glob("h2/session_*/logs/worker-*.err"))

@@ -19,6 +19,7 @@ hangs.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 import traceback
@@ -91,7 +92,7 @@ def _finished_seconds(store, task: ShardTask) -> list[float]:
     prefix = task.job.timing_prefix(task)
     done = task.job.flags(store, task)[1]
     took = store.read_rows(f"{prefix}/finished_at") - store.read_rows(f"{prefix}/started_at")
-    return [float(t) for t, d in zip(took, done) if d and t == t]
+    return [float(t) for t, d in zip(took, done) if d and not math.isnan(t)]
 
 
 @dataclass
