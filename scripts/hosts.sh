@@ -90,11 +90,15 @@ kill_ns() {  # SIGKILL every process of namespace $1 until none is left
 }
 
 cmd_down() {
-    local h
+    local h dev
     for h in $(hosts); do kill_ns "$(ns_of "${h}")"; done
     for h in $(hosts); do ip netns del "$(ns_of "${h}")" 2>/dev/null || true; done
     kill_ns "${NET_NS}"
     if exists "${NET_NS}"; then ip netns del "${NET_NS}" 2>/dev/null || true; fi
+    # a veth left in the root namespace by an `up` that was killed half-way
+    for dev in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^${NAME}h[0-9]+b?$" || true); do
+        ip link del "${dev}" 2>/dev/null || true
+    done
     rm -rf "${BASE:?}/${NAME}"
     log "down: ${NAME}"
 }

@@ -168,3 +168,31 @@ def test_ray_fence_is_shorter_than_node_death():
                           "RAY_health_check_failure_threshold": "3"}) == 1.5
     assert fence_seconds({"RAY_health_check_period_ms": "100",
                           "RAY_health_check_failure_threshold": "2"}) == 1.0
+
+
+def test_a_task_abandons_a_shard_whose_claim_was_taken_over(tmp_path):
+    """A stopped task that is continued after its claim was taken over (its owner looked
+    hung) abandons the shard in hand instead of writing it beside the task that took it."""
+    import signal
+    import threading
+    import time
+
+    from cejobs.backends.slurm.claims import Heartbeat
+    from cejobs.backends.slurm.loop import Abandoned, Stopper
+
+    stopper = Stopper()
+    on_lost = stopper.abandon_on()
+    try:
+        mine = ClaimBoard(tmp_path, Owner("here", 1, run="r")).try_claim(0)
+        beat = Heartbeat(interval_s=0.05, on_lost=on_lost)
+        beat.claim = mine
+        other = ClaimBoard(tmp_path, Owner("there", 2, run="r"))
+        with pytest.raises(Abandoned), stopper.computing():
+            threading.Thread(target=lambda: other.take_over(other.read(0))).start()
+            deadline = time.monotonic() + 60  # liveness bound: the heartbeat sees it in ~0.05 s
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert beat.lost == {0}
+        beat.close()
+    finally:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)

@@ -35,7 +35,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from cejobs.backends.slurm.squeue import SlurmJobs
 from cejobs.run.tasks import host_label
@@ -320,8 +320,11 @@ def _safe(text: str) -> str:
 class Heartbeat:
     """Refreshes the mtime of the claim being worked on, from a daemon thread."""
 
-    def __init__(self, interval_s: float = HEARTBEAT_S):
-        self.interval_s = interval_s
+    def __init__(self, interval_s: float = HEARTBEAT_S,
+                 on_lost: Callable[[int], bool] | None = None):
+        """`on_lost(shard)`: called from this thread when the held claim was taken over;
+        True when the shard in hand is abandoned (loop.py), else it is finished anyway."""
+        self.interval_s, self.on_lost = interval_s, on_lost
         self.claim: Claim | None = None
         self.lost: set[int] = set()
         self._stop = threading.Event()
@@ -340,8 +343,12 @@ class Heartbeat:
                 continue
             if self.claim is claim:  # not just released by the main thread
                 self.lost.add(claim.shard)
-                log(f"lost the claim of shard {claim.shard} (taken over as stale); "
-                    f"finishing it anyway: it writes the same bytes")
+                if self.on_lost is not None and self.on_lost(claim.shard):
+                    log(f"lost the claim of shard {claim.shard} (taken over as stale); "
+                        f"abandoning it")
+                else:
+                    log(f"lost the claim of shard {claim.shard} (taken over as stale); "
+                        f"finishing it anyway: it writes the same bytes")
 
     def close(self) -> None:
         self._stop.set()

@@ -13,7 +13,9 @@ The watchdog (--shard-timeout, cejobs.backends.watchdog): while a shard timeout 
 heartbeat beats at least four times per timeout, a claim whose heartbeat is older than the
 timeout is stale (its owner hung), and a task that finds every pending shard claimed keeps
 watching those claims instead of ending, so that one of them is taken over when its owner
-hangs.
+hangs. A task whose claim was taken over while it computed (it was stopped, then continued)
+abandons that shard (`Abandoned`, raised by SIGALRM from the heartbeat thread) unless it is
+already committing it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -38,6 +41,11 @@ if TYPE_CHECKING:  # kept light: the summary step runs without torch
 class Interrupted(BaseException):
     """Raised in the main thread by a stop signal while a shard computes. A BaseException,
     so that run_shard_safely does not turn it into a failed shard."""
+
+
+class Abandoned(Interrupted):
+    """Raised in the main thread when the claim of the shard it computes was taken over
+    (its owner looked hung): the shard is left to the task that took it."""
 
 
 class Stopper:
@@ -67,6 +75,30 @@ class Stopper:
         if self._computing and not COMMIT.active:
             self._computing = False
             raise Interrupted(self.reason)
+
+    def abandon_on(self, sig: int = signal.SIGALRM) -> Callable[[int], bool] | None:
+        """For Heartbeat(on_lost=...): a function that makes the main thread abandon the shard
+        it computes (`sig` raises Abandoned there). None outside the main thread, where no
+        signal handler can be set."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handle(signum, frame) -> None:
+            from cejobs.run.store import COMMIT
+
+            if self._computing and not COMMIT.active:  # a commit in progress finishes
+                self._computing = False
+                raise Abandoned("claim taken over")
+
+        signal.signal(sig, handle)
+        main = threading.main_thread().ident
+
+        def on_lost(shard: int) -> bool:
+            if not self._computing:
+                return False
+            signal.pthread_kill(main, sig)
+            return True
+        return on_lost
 
     @contextlib.contextmanager
     def computing(self):
@@ -127,7 +159,7 @@ def claim_loop(
     cleared = board.clear_own_leftovers()
     if cleared:
         log(f"released claims left by an earlier run of this job: shards {cleared}")
-    heartbeat = Heartbeat(heartbeat_s)
+    heartbeat = Heartbeat(heartbeat_s, on_lost=stopper.abandon_on())
     watching = False  # said that we watch the claims of others
     try:
         while not stopper.reason:
@@ -166,6 +198,10 @@ def claim_loop(
                         if worker is None:  # only once there is a shard: loads the models
                             worker = _start_worker(task, config.threads, make_worker)
                         result = run_shard_safely(worker, shard)
+                except Abandoned:
+                    log(f"shard {shard} abandoned: its claim was taken over (hung?); the "
+                        f"task that took it runs it")
+                    continue
                 except Interrupted:
                     report.interrupted = stopper.reason
                     log(f"shard {shard} abandoned ({stopper.reason}): not done, claim released")
