@@ -87,7 +87,8 @@ class ShardActor:
                     if isinstance(e, StoreError) else "")
             self.error = f"{type(e).__name__}: {e}{hint}"
         self.name = worker_name()
-        Fence(ray.get_runtime_context().gcs_address, self.name, fence_seconds())
+        if ray.is_initialized():  # in a Ray worker (tests also build one in-process)
+            Fence(ray.get_runtime_context().gcs_address, self.name, fence_seconds())
 
     def ready(self) -> dict[str, Any]:
         import torch
