@@ -124,7 +124,9 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
 
     # sharded evaluation == the classifier on the whole store at once
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"cejobs_version", "stores"}
+    assert set(summary) == {"cejobs_version", "intervals", "stores", "comparisons"}
+    assert summary["intervals"] == {"method": "percentile", "unit": "source", "level": 0.95,
+                                    "n_resamples": 2000, "seed": 0}
     by_name = {s["name"]: s for s in summary["stores"]}
     assert set(by_name) == {"clean", "cec"}
     for label, path in (("clean", clean), ("cec", cec)):
@@ -139,12 +141,29 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
         assert set(by_name[label]["distances"]) == {"sources", "l2", "l0",
                                                     "ce_distance_classifier"}
     assert by_name["cec"]["info"]["dataset"] == "CEs of clean"
+    # CEs of CEs have other sources: compared unpaired, and the report says so
+    (pair,) = summary["comparisons"]["stores"]
+    assert (pair["a"], pair["b"], pair["pairing"], pair["sources"]) == ("clean", "cec",
+                                                                        "unpaired", [N, N])
+    l2 = pair["l2"]["mean"]
+    assert l2["difference"]["value"] == pytest.approx(l2["a"]["value"] - l2["b"]["value"])
+    assert l2["a"]["value"] == pytest.approx(
+        by_name["clean"]["distances"]["l2"]["different_class"]["mean"]["value"])
+    clf_rows = summary["comparisons"]["classifiers"]
+    assert [(c["store"], c["classifier"], c["reference"], c["pairing"]) for c in clf_rows] == [
+        ("clean", "l2-eps1.0", "standard", "per-CE"), ("cec", "l2-eps1.0", "standard", "per-CE")]
+    psp = clf_rows[0]["prob_source_predicted"]
+    assert psp["a"]["value"] == pytest.approx(
+        by_name["clean"]["classifiers"]["l2-eps1.0"]["prob_source_predicted"]["value"])
 
     # tables, report, figures
-    for table in ("accuracy", "quartiles", "distances", "ce_distance_classifier"):
+    for table in ("accuracy", "quartiles", "distances", "ce_distance_classifier",
+                  "store_comparisons", "classifier_comparisons"):
         assert (out / "tables" / f"{table}.csv").stat().st_size > 50
     report = (out / "report.md").read_text()
-    for word in ("**clean**", "**cec**", "| clean | standard |", "| cec | l2-eps1.0 |"):
+    for word in ("**clean**", "**cec**", "| clean | standard |", "| cec | l2-eps1.0 |",
+                 "| clean | cec | unpaired |", "| clean | l2-eps1.0 | standard | per-CE |",
+                 "95% percentile bootstrap intervals over sources"):
         assert word in report
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert pngs == ["accuracy_bars.png", "ce_grid-cec.png", "ce_grid-clean.png",
