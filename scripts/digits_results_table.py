@@ -9,7 +9,7 @@ Three tables, every number "value [low, high]" with its bootstrap interval over 
 2. the comparisons between stores: a - b of the mean and median different-class L2 and L0,
    with the pairing (per-CE, per-source or unpaired) that the stores' identities allow;
 3. each classifier against the standard one on the same CEs (paired per CE): probability
-   source predicted and different-class CE accuracy, and their differences.
+   source predicted, different-class CE accuracy and r^2, and their differences.
 Every number is read from summary.json and only rounded for display. A bad file: one line on
 stderr, exit status 2.
 """
@@ -77,14 +77,16 @@ def store_comparison_table(summary: dict) -> str:
 
 def classifier_comparison_table(summary: dict) -> str:
     head = ["store", "classifier - reference", "P(source) %: classifier, reference",
-            "difference (points)", "CE acc. diff.-class difference (points)"]
+            "difference (points)", "CE acc. diff.-class difference (points)",
+            "r^2: classifier, reference", "r^2 difference"]
     rows = []
     for c in summary["comparisons"]["classifiers"]:
         p = c["prob_source_predicted"]
         rows.append([c["store"], f"{c['classifier']} - {c['reference']} ({c['pairing']})",
                      f"{ci(p['a'], pct=True)}; {ci(p['b'], pct=True)}",
                      ci(p["difference"], pct=True),
-                     ci(c["ce_accuracy_different"]["difference"], pct=True)])
+                     ci(c["ce_accuracy_different"]["difference"], pct=True),
+                     f"{ci(c['r2']['a'])}; {ci(c['r2']['b'])}", ci(c["r2"]["difference"])])
     return _table(head, rows)
 
 

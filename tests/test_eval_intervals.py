@@ -123,9 +123,33 @@ def test_classifier_comparison_is_per_ce():
     said_target = np.eye(2)[t]
     said_source = np.eye(2)[np.tile(y[:, None], (1, 2))]
     valid = {"standard": np.ones(4, bool), "robust": np.ones(4, bool)}
-    (row,) = P.compare_classifiers(y, t, {"standard": sp, "robust": sp},
+    (row,) = P.compare_classifiers(y, t, np.ones((4, 2)), {"standard": sp, "robust": sp},
                                    {"standard": said_target, "robust": said_source}, valid,
                                    "standard", 200, 0)
     assert (row["classifier"], row["reference"], row["pairing"]) == ("robust", "standard", "per-CE")
     assert row["prob_source_predicted"]["difference"] == {"value": 1.0, "low": 1.0, "high": 1.0}
     assert row["ce_accuracy_different"]["difference"]["value"] == -1.0
+    assert row["r2"]["difference"] == {"value": None, "low": None, "high": None}  # d constant
+
+
+def test_classifier_r2_difference_is_paired():
+    """Same d, two confidence patterns: the r^2 difference equals the difference of the two
+    fits on the full sample, and its replicates are differences on the same resamples."""
+    rng = np.random.default_rng(2)
+    n = 30
+    y = np.zeros(n, dtype=int)
+    t = np.tile(np.array([0, 1]), (n, 1))
+    l2 = np.stack([np.zeros(n), rng.uniform(1, 3, n)], axis=1)  # d_i = l2[i, 1]
+    conf_a = np.clip(0.2 * l2[:, 1] + rng.normal(0, 0.05, n), 0.01, 0.99)
+    conf_b = rng.uniform(0.5, 0.99, n)
+    prob = lambda c: np.stack([c, 1 - c], axis=1)  # noqa: E731
+    ce = np.tile(prob(np.full(n, 0.2))[:, None], (1, 2, 1))
+    valid = {"a": np.ones(n, bool), "b": np.ones(n, bool)}
+    (row,) = P.compare_classifiers(y, t, l2, {"a": prob(conf_a), "b": prob(conf_b)},
+                                   {"a": ce, "b": ce}, valid, "b", 300, 0)
+    fa, fb = M.linear_fit(l2[:, 1], conf_a), M.linear_fit(l2[:, 1], conf_b)
+    assert row["r2"]["difference"]["value"] == pytest.approx(fa["r2"] - fb["r2"])
+    boot = Bootstrap(n, 300, 0)
+    reps = boot.fit(l2[:, 1], conf_a)["r2"] - boot.fit(l2[:, 1], conf_b)["r2"]
+    assert row["r2"]["difference"] == pytest.approx(boot.interval(fa["r2"] - fb["r2"], reps),
+                                                    rel=1e-12)

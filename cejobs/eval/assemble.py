@@ -80,7 +80,7 @@ def comparisons(plots: list[dict], n_resamples: int = N_RESAMPLES, seed: int = S
         if len(names) < 2:
             continue
         ref = "standard" if "standard" in names else names[0]
-        rows = P.compare_classifiers(a.y, a.t, {n: v[0] for n, v in p["probs"].items()},
+        rows = P.compare_classifiers(a.y, a.t, a.l2, {n: v[0] for n, v in p["probs"].items()},
                                      {n: v[1] for n, v in p["probs"].items()},
                                      {n: v[2] for n, v in p["probs"].items()}, ref,
                                      n_resamples, seed)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cejobs.eval import metrics as M
 from cejobs.eval.intervals import Bootstrap
 
 PAIR_KEYS = ("dataset", "split", "seed")  # identity fields that must agree, besides the sources
@@ -91,12 +92,12 @@ def compare_stores(a: StoreArrays, b: StoreArrays, n_resamples: int, seed: int) 
     return out
 
 
-def compare_classifiers(y, t, source_prob: dict, ce_prob: dict, valid: dict, reference: str,
+def compare_classifiers(y, t, l2, source_prob: dict, ce_prob: dict, valid: dict, reference: str,
                         n_resamples: int, seed: int) -> list[dict]:
     """Each classifier against `reference` on one store's CEs (always per-CE): probability
-    source predicted and different-class CE accuracy, their differences (other - reference)
-    with intervals over the sources valid for both."""
-    y, t = np.asarray(y), np.asarray(t)
+    source predicted, different-class CE accuracy and the r^2 of confidence on CE distance,
+    their differences (other - reference) with intervals over the sources valid for both."""
+    y, t, l2 = np.asarray(y), np.asarray(t), np.asarray(l2)
     out = []
     for name in source_prob:
         if name == reference:
@@ -105,7 +106,9 @@ def compare_classifiers(y, t, source_prob: dict, ce_prob: dict, valid: dict, ref
         boot = Bootstrap(len(rows), n_resamples, seed)
         yr, tr = y[rows], t[rows]
         other = ~(tr == yr[:, None])
-        stats = {}
+        d = M.mean_different_class_distance(yr, tr, l2[rows])
+        keep = np.isfinite(d)
+        stats, r2 = {}, {}
         for clf in (name, reference):
             ok = np.argmax(source_prob[clf][rows], axis=-1) == yr
             pred = np.argmax(ce_prob[clf][rows], axis=-1)
@@ -113,6 +116,9 @@ def compare_classifiers(y, t, source_prob: dict, ce_prob: dict, valid: dict, ref
             stats[clf] = {
                 "prob_source_predicted": (((pred == yr[:, None]) & sel).sum(1), sel.sum(1)),
                 "ce_accuracy_different": (((pred == tr) & other).sum(1), other.sum(1))}
+            conf = np.asarray(source_prob[clf], dtype=np.float64)[rows][np.arange(len(rows)), yr]
+            r2[clf] = (M.linear_fit(d[keep], conf[keep])["r2"],
+                       boot.fit(d[keep], conf[keep], keep)["r2"])
         row = {"sources": len(rows), "classifier": name, "reference": reference,
                "pairing": "per-CE"}
         for metric in ("prob_source_predicted", "ce_accuracy_different"):
@@ -120,5 +126,7 @@ def compare_classifiers(y, t, source_prob: dict, ce_prob: dict, valid: dict, ref
             a = float(na.sum() / da.sum()) if da.sum() else None
             b = float(nb.sum() / db.sum()) if db.sum() else None
             row[metric] = _difference(boot, boot, a, b, boot.ratio(na, da), boot.ratio(nb, db))
+        row["r2"] = _difference(boot, boot, *r2[name][:1], *r2[reference][:1], r2[name][1],
+                                r2[reference][1])
         out.append(row)
     return out

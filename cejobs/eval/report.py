@@ -149,7 +149,7 @@ def classifier_comparison_table(comparisons: dict) -> pd.DataFrame:
     """One row per (store, classifier, metric): classifier, reference and their difference."""
     rows = []
     for c in comparisons.get("classifiers", []):
-        for metric in ("prob_source_predicted", "ce_accuracy_different"):
+        for metric in ("prob_source_predicted", "ce_accuracy_different", "r2"):
             x = c[metric]
             rows.append({"store": c["store"], "classifier": c["classifier"],
                          "reference": c["reference"], "pairing": c["pairing"],
