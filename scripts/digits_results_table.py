@@ -20,6 +20,11 @@ import json
 import sys
 
 
+def _comparisons(summary: dict, kind: str) -> list[dict]:
+    """The comparisons ("stores" or "classifiers") of every store in summary.json."""
+    return [c for s in summary["stores"] for c in s.get("comparisons", {}).get(kind, [])]
+
+
 def ci(iv: dict | None, digits: int = 2, pct: bool = False) -> str:
     """'v [low, high]' of an interval {"value", "low", "high"}; values * 100 when pct."""
     if iv is None or iv.get("value") is None:
@@ -66,7 +71,7 @@ def store_comparison_table(summary: dict) -> str:
     head = ["a - b", "pairing (sources)", "mean L2: a, b", "a - b", "median L2 a - b",
             "median L0 a - b"]
     rows = []
-    for c in summary["comparisons"]["stores"]:
+    for c in _comparisons(summary, "stores"):
         m = c["l2"]["mean"]
         rows.append([f"{c['a']} - {c['b']}", f"{c['pairing']} ({c['sources']})",
                      f"{ci(m['a'])}; {ci(m['b'])}", ci(m["difference"]),
@@ -80,7 +85,7 @@ def classifier_comparison_table(summary: dict) -> str:
             "difference (points)", "CE acc. diff.-class difference (points)",
             "r^2: classifier, reference", "r^2 difference"]
     rows = []
-    for c in summary["comparisons"]["classifiers"]:
+    for c in _comparisons(summary, "classifiers"):
         p = c["prob_source_predicted"]
         rows.append([c["store"], f"{c['classifier']} - {c['reference']} ({c['pairing']})",
                      f"{ci(p['a'], pct=True)}; {ci(p['b'], pct=True)}",

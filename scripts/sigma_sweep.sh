@@ -9,7 +9,7 @@
 #
 # Environment (defaults in brackets):
 #   OUT      output folder: stores sigma-<s>.zarr, the evaluation eval/, the figure [runs/sigma-sweep]
-#   SIGMAS   sigma_CE values, in model space [-1, 1] ["0.05 0.1 0.2 0.4"]
+#   SIGMAS   sigma_CE values, in model space [-1, 1] ["0.025 0.05 0.1 0.2 0.4"]
 #   SOURCES  first sources of the digits test split [40]
 #   STEPS    Euler-Maruyama steps [250] (docs/performance.md "Fewer steps": ~4% of distance)
 #   PER_CLASS  CEs per target class [1]
@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-runs/sigma-sweep}
-SIGMAS=${SIGMAS:-0.05 0.1 0.2 0.4}
+SIGMAS=${SIGMAS:-0.025 0.05 0.1 0.2 0.4}
 SOURCES=${SOURCES:-40}
 STEPS=${STEPS:-250}
 PER_CLASS=${PER_CLASS:-1}

@@ -20,6 +20,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
+def _comparisons(summary: dict, kind: str) -> list[dict]:
+    """The comparisons ("stores" or "classifiers") of every store in summary.json."""
+    return [c for s in summary["stores"] for c in s.get("comparisons", {}).get(kind, [])]
+
+
 def eps_of(name: str) -> float:
     m = re.fullmatch(r"l2-eps([0-9.]+)", name)
     return float(m.group(1)) if m else 0.0
@@ -44,7 +49,7 @@ def collect(summary: dict) -> tuple[list[dict], list[str]]:
     """One row per store (sorted by sigma): sigma, median L2 interval, and per classifier its
     P(source), CE accuracy (different class) and the paired P(source) difference to standard."""
     diffs = {(c["store"], c["classifier"]): c["prob_source_predicted"]["difference"]
-             for c in summary["comparisons"]["classifiers"]}
+             for c in _comparisons(summary, "classifiers")}
     rows, clfs = [], []
     for s in summary["stores"]:
         row = {"store": s["name"], "sigma": sigma_of(s["name"]),

@@ -124,7 +124,7 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
 
     # sharded evaluation == the classifier on the whole store at once
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"cejobs_version", "intervals", "stores", "comparisons"}
+    assert set(summary) == {"cejobs_version", "intervals", "stores"}
     assert summary["intervals"] == {"method": "percentile", "unit": "source", "level": 0.95,
                                     "n_resamples": 2000, "seed": 0}
     by_name = {s["name"]: s for s in summary["stores"]}
@@ -137,19 +137,21 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
             np.testing.assert_allclose(g[f"eval/{name}/source_prob"][:], dsp, atol=1e-6)
             np.testing.assert_allclose(g[f"eval/{name}/ce_prob"][:], dcp, atol=1e-6)
             _assert_close(direct, by_name[label]["classifiers"][name])
-        assert set(by_name[label]) == {"name", "distances", "classifiers", "path", "info"}
+        assert set(by_name[label]) == {"name", "distances", "classifiers", "path", "info",
+                                       "comparisons"}
         assert set(by_name[label]["distances"]) == {"sources", "l2", "l0",
                                                     "ce_distance_classifier"}
     assert by_name["cec"]["info"]["dataset"] == "CEs of clean"
     # CEs of CEs have other sources: compared unpaired, and the report says so
-    (pair,) = summary["comparisons"]["stores"]
+    assert by_name["cec"]["comparisons"]["stores"] == []  # a pair is listed under its a
+    (pair,) = by_name["clean"]["comparisons"]["stores"]
     assert (pair["a"], pair["b"], pair["pairing"], pair["sources"]) == ("clean", "cec",
                                                                         "unpaired", [N, N])
     l2 = pair["l2"]["mean"]
     assert l2["difference"]["value"] == pytest.approx(l2["a"]["value"] - l2["b"]["value"])
     assert l2["a"]["value"] == pytest.approx(
         by_name["clean"]["distances"]["l2"]["different_class"]["mean"]["value"])
-    clf_rows = summary["comparisons"]["classifiers"]
+    clf_rows = [c for s in summary["stores"] for c in s["comparisons"]["classifiers"]]
     assert [(c["store"], c["classifier"], c["reference"], c["pairing"]) for c in clf_rows] == [
         ("clean", "l2-eps1.0", "standard", "per-CE"), ("cec", "l2-eps1.0", "standard", "per-CE")]
     psp = clf_rows[0]["prob_source_predicted"]

@@ -131,6 +131,9 @@ def assemble(out: Path, paths: list[Path], stores: list[CEStore], labels: list[s
         r, p = evaluate_store(store, label, classifiers, _info(store, by_path))
         results.append(r)
         plots.append(p)
+    comps = comparisons(plots)
+    for r in results:
+        r.comparisons = {"stores": [c for c in comps["stores"] if c["a"] == r.name],
+                         "classifiers": [c for c in comps["classifiers"] if c["store"] == r.name]}
     drawn = draw_figures(out, stores, results, plots) if figures else []
-    return results, R.write_outputs(out, results, tuple(drawn), comparisons(plots),
-                                    Bootstrap(0).settings())
+    return results, R.write_outputs(out, results, tuple(drawn), Bootstrap(0).settings())

@@ -3,7 +3,8 @@
 The input is one `StoreResult` per store:
 - `distances`: `metrics.distance_summary(...)` of the store (needs no classifier);
 - `classifiers`: classifier name -> `metrics.summarize(...)` of that classifier on the store;
-and optionally the comparisons of `paired` (between stores, between classifiers).
+and, in `comparisons`, those of `paired` (this store against later ones, and the classifiers
+on this store).
 Each summary carries its own "sources" coverage, so a partially evaluated store or classifier
 (a `valid` mask) is reported as such. Every metric is an interval {"value", "low", "high"}
 (cejobs.eval.intervals); a table has the columns NAME, NAME_low and NAME_high for it, and
@@ -29,6 +30,9 @@ class StoreResult:
     classifiers: dict[str, dict] = field(default_factory=dict)  # name -> metrics.summarize(...)
     path: str = ""  # where the store is, for the record
     info: dict = field(default_factory=dict)  # e.g. {"method": "boltzmann", "split": "train"}
+    # paired.compare_stores of this store (as a) with each later one, and paired.compare_
+    # classifiers on this store: {"stores": [...], "classifiers": [...]}
+    comparisons: dict = field(default_factory=dict)
 
 
 def _ranges(ids: list[int]) -> str:
@@ -54,15 +58,19 @@ def coverage_note(sources: dict) -> str | None:
     return note
 
 
-def summary_dict(results: list[StoreResult], comparisons: dict | None = None,
-                 intervals: dict | None = None) -> dict:
+def summary_dict(results: list[StoreResult], intervals: dict | None = None) -> dict:
     """The content of summary.json."""
     names = [r.name for r in results]
     if len(set(names)) != len(names):
         raise ValueError(f"store names must be unique, got {names}")
     return {"cejobs_version": __version__, "intervals": intervals or {},
-            "stores": [asdict(r) for r in results],
-            "comparisons": comparisons or {"stores": [], "classifiers": []}}
+            "stores": [asdict(r) for r in results]}
+
+
+def all_comparisons(results: list[StoreResult]) -> dict:
+    """The comparisons of every store, gathered: {"stores": [...], "classifiers": [...]}."""
+    return {k: [c for r in results for c in r.comparisons.get(k, [])]
+            for k in ("stores", "classifiers")}
 
 
 def _iv(name: str, iv: dict | None) -> dict:
@@ -131,10 +139,10 @@ def ce_distance_table(results: list[StoreResult]) -> pd.DataFrame:
                           "n": r.distances["ce_distance_classifier"]["n"]} for r in results])
 
 
-def store_comparison_table(comparisons: dict) -> pd.DataFrame:
+def store_comparison_table(results: list[StoreResult]) -> pd.DataFrame:
     """One row per (pair of stores, distance, statistic): a, b and a - b with intervals."""
     rows = []
-    for c in comparisons.get("stores", []):
+    for c in all_comparisons(results)["stores"]:
         for dist in ("l2", "l0"):
             for stat in ("mean", "median"):
                 x = c[dist][stat]
@@ -145,10 +153,10 @@ def store_comparison_table(comparisons: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else ["a", "b", "pairing"])
 
 
-def classifier_comparison_table(comparisons: dict) -> pd.DataFrame:
+def classifier_comparison_table(results: list[StoreResult]) -> pd.DataFrame:
     """One row per (store, classifier, metric): classifier, reference and their difference."""
     rows = []
-    for c in comparisons.get("classifiers", []):
+    for c in all_comparisons(results)["classifiers"]:
         for metric in ("prob_source_predicted", "ce_accuracy_different", "r2"):
             x = c[metric]
             rows.append({"store": c["store"], "classifier": c["classifier"],
@@ -205,24 +213,24 @@ def _intervals_note(intervals: dict) -> str:
             f"CEs of a drawn source are drawn with it).")
 
 
-def _comparison_sections(comparisons: dict) -> list[str]:
+def _comparison_sections(results: list[StoreResult]) -> list[str]:
     out = ["## Comparisons between stores", "",
            "a - b of the mean and median distance of different-class CEs. **per-CE** (paired): "
            "same dataset, split, seed and sources, and the same CE targets, so CE k of source i "
            "has the same noise in both stores (it depends only on the seed and the CE); "
            "sources are resampled jointly. **per-source** (paired by source): same sources, "
            "other CE layouts. **unpaired**: each store resampled on its own.", "",
-           _markdown(store_comparison_table(comparisons)),
+           _markdown(store_comparison_table(results)),
            "## Comparisons between classifiers", "",
            "Each classifier minus the reference on the same CEs (paired per CE, sources "
            "resampled jointly).", "",
-           _markdown(classifier_comparison_table(comparisons),
+           _markdown(classifier_comparison_table(results),
                      ("classifier_value", "reference_value", "difference"))]
     return out
 
 
 def markdown_report(results: list[StoreResult], figures: tuple[str, ...] = (),
-                    comparisons: dict | None = None, intervals: dict | None = None) -> str:
+                    intervals: dict | None = None) -> str:
     """report.md: every store and classifier, partial coverage, tables with intervals, the
     comparisons, and the figures (paths relative to the output folder)."""
     out = ["# cejobs evaluation report", "", f"cejobs {__version__}. {_intervals_note(intervals)}",
@@ -255,8 +263,7 @@ def markdown_report(results: list[StoreResult], figures: tuple[str, ...] = (),
             "Predicts the class whose CEs are closest on average; meaningful only for stores "
             "made from a test split.", "", _markdown(ce_distance_table(results), _PCT),
             "## Distance distributions", "", _markdown(distance_table(results))]
-    if comparisons is not None:
-        out += _comparison_sections(comparisons)
+    out += _comparison_sections(results)
     if figures:
         out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})\n" for f in figures]
     return "\n".join(out)
@@ -290,29 +297,27 @@ def format_table(results: list[StoreResult]) -> str:
     return "\n".join(lines)
 
 
-def tables(results: list[StoreResult], comparisons: dict | None = None) -> dict[str, pd.DataFrame]:
+def tables(results: list[StoreResult]) -> dict[str, pd.DataFrame]:
     """The tables of tables/*.csv, by name."""
-    comparisons = comparisons or {}
     return {"accuracy": accuracy_table(results), "quartiles": quartile_table(results),
             "distances": distance_table(results),
             "ce_distance_classifier": ce_distance_table(results),
-            "store_comparisons": store_comparison_table(comparisons),
-            "classifier_comparisons": classifier_comparison_table(comparisons)}
+            "store_comparisons": store_comparison_table(results),
+            "classifier_comparisons": classifier_comparison_table(results)}
 
 
 def write_outputs(out_dir, results: list[StoreResult], figures: tuple[str, ...] = (),
-                  comparisons: dict | None = None, intervals: dict | None = None
-                  ) -> dict[str, Path]:
+                  intervals: dict | None = None) -> dict[str, Path]:
     """Write summary.json, tables/{accuracy,quartiles,distances,ce_distance_classifier,
     store_comparisons,classifier_comparisons}.csv and report.md under out_dir; return their
     paths by name."""
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "report": out / "report.md"}
-    paths["summary"].write_text(json.dumps(summary_dict(results, comparisons, intervals),
-                                           indent=2, allow_nan=False))
-    for name, table in tables(results, comparisons).items():
+    paths["summary"].write_text(json.dumps(summary_dict(results, intervals), indent=2,
+                                           allow_nan=False))
+    for name, table in tables(results).items():
         paths[name] = out / "tables" / f"{name}.csv"
         table.to_csv(paths[name], index=False)
-    paths["report"].write_text(markdown_report(results, figures, comparisons, intervals))
+    paths["report"].write_text(markdown_report(results, figures, intervals))
     return paths
