@@ -31,7 +31,7 @@ def ci(iv: dict | None, digits: int = 2, pct: bool = False) -> str:
         return "n/a"
     scale = 100 if pct else 1
     digits = 1 if pct else digits
-    f = lambda v: "?" if v is None else f"{scale * v:.{digits}f}"  # noqa: E731
+    f = lambda v: "?" if v is None else f"{scale * v:.{digits}f}"
     return f"{f(iv['value'])} [{f(iv['low'])}, {f(iv['high'])}]"
 
 

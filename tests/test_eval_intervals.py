@@ -142,7 +142,7 @@ def test_classifier_r2_difference_is_paired():
     l2 = np.stack([np.zeros(n), rng.uniform(1, 3, n)], axis=1)  # d_i = l2[i, 1]
     conf_a = np.clip(0.2 * l2[:, 1] + rng.normal(0, 0.05, n), 0.01, 0.99)
     conf_b = rng.uniform(0.5, 0.99, n)
-    prob = lambda c: np.stack([c, 1 - c], axis=1)  # noqa: E731
+    prob = lambda c: np.stack([c, 1 - c], axis=1)
     ce = np.tile(prob(np.full(n, 0.2))[:, None], (1, 2, 1))
     valid = {"a": np.ones(n, bool), "b": np.ones(n, bool)}
     (row,) = P.compare_classifiers(y, t, l2, {"a": prob(conf_a), "b": prob(conf_b)},

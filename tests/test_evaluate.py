@@ -4,6 +4,7 @@ equal a single pass, resume after SIGKILL, artifacts, and bad input refused befo
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,17 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
     psp = clf_rows[0]["prob_source_predicted"]
     assert psp["a"]["value"] == pytest.approx(
         by_name["clean"]["classifiers"]["l2-eps1.0"]["prob_source_predicted"]["value"])
+
+    # the docs' table script reads the same summary: intervals and the comparisons
+    import runpy
+
+    table = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "digits_results_table.py"))
+    text = table["tables"](summary)
+    iv = by_name["clean"]["classifiers"]["standard"]["ce_accuracy"]["different_class"]
+    assert table["ci"](iv, pct=True) in text
+    assert f"| clean - cec | unpaired ([{N}, {N}]) |" in text
+    assert "| clean | l2-eps1.0 - standard (per-CE) |" in text
+    assert table["ci"]({"value": 0.25, "low": 0.125, "high": 0.5}, pct=True) == "25.0 [12.5, 50.0]"
 
     # tables, report, figures
     for table in ("accuracy", "quartiles", "distances", "ce_distance_classifier",

@@ -12,8 +12,8 @@ from cejobs.eval import figures as F
 from cejobs.eval import metrics as M
 from cejobs.eval import paired as P
 from cejobs.eval import report as R
-from cejobs.eval.intervals import N_RESAMPLES, SEED, Bootstrap
 from cejobs.eval.inputs import Classifier
+from cejobs.eval.intervals import N_RESAMPLES, SEED, Bootstrap
 from cejobs.run.layout import eval_prefix
 from cejobs.run.store import CEStore
 
