@@ -7,7 +7,8 @@ Three tables, every number "value [low, high]" with its bootstrap interval over 
 1. one row per (store, classifier); the store's own cells (method, sources, medians of the
    different-class CE distances, CE-distance classifier) on its first row only;
 2. the comparisons between stores: a - b of the mean and median different-class L2 and L0,
-   with the pairing (per-CE, per-source or unpaired) that the stores' identities allow;
+   with the pairing (paired per CE, paired per source, or unpaired) that the stores'
+   identities allow;
 3. each classifier against the standard one on the same CEs (paired per CE): probability
    source predicted, different-class CE accuracy and r^2, and their differences.
 Every number is read from summary.json and only rounded for display. A bad file: one line on

@@ -90,8 +90,8 @@ def _store(name, l2, seed=0, index=None, per_class=1, split="test"):
 def test_pairing_from_identities():
     l2 = np.ones((6, 2))
     a = _store("a", l2)
-    assert P.pairing(a, _store("b", l2 + 1)) == "per-CE"
-    assert P.pairing(a, _store("b", np.ones((6, 4)), per_class=2)) == "per-source"
+    assert P.pairing(a, _store("b", l2 + 1)) == "paired per CE"
+    assert P.pairing(a, _store("b", np.ones((6, 4)), per_class=2)) == "paired per source"
     assert P.pairing(a, _store("b", l2, seed=1)) == "unpaired"
     assert P.pairing(a, _store("b", l2, split="train")) == "unpaired"
     assert P.pairing(a, _store("b", l2, index=np.arange(6) + 6)) == "unpaired"
@@ -104,7 +104,7 @@ def test_paired_difference_removes_source_variation():
     base = rng.uniform(1, 5, (40, 1)) + rng.normal(0, 0.01, (40, 2))
     a, b = _store("a", base), _store("b", base + 0.1)
     c = P.compare_stores(a, b, 500, 0)
-    assert (c["pairing"], c["sources"]) == ("per-CE", 40)
+    assert (c["pairing"], c["sources"]) == ("paired per CE", 40)
     diff = c["l2"]["mean"]["difference"]
     assert diff == pytest.approx({"value": -0.1, "low": -0.1, "high": -0.1})
     u = P.compare_stores(a, _store("b", base + 0.1, seed=1), 500, 0)
@@ -126,7 +126,8 @@ def test_classifier_comparison_is_per_ce():
     (row,) = P.compare_classifiers(y, t, np.ones((4, 2)), {"standard": sp, "robust": sp},
                                    {"standard": said_target, "robust": said_source}, valid,
                                    "standard", 200, 0)
-    assert (row["classifier"], row["reference"], row["pairing"]) == ("robust", "standard", "per-CE")
+    assert (row["classifier"], row["reference"], row["pairing"]) == ("robust", "standard",
+                                                                      "paired per CE")
     assert row["prob_source_predicted"]["difference"] == {"value": 1.0, "low": 1.0, "high": 1.0}
     assert row["ce_accuracy_different"]["difference"]["value"] == -1.0
     assert row["r2"]["difference"] == {"value": None, "low": None, "high": None}  # d constant

@@ -154,7 +154,7 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
         by_name["clean"]["distances"]["l2"]["different_class"]["mean"]["value"])
     clf_rows = [c for s in summary["stores"] for c in s["comparisons"]["classifiers"]]
     assert [(c["store"], c["classifier"], c["reference"], c["pairing"]) for c in clf_rows] == [
-        ("clean", "l2-eps1.0", "standard", "per-CE"), ("cec", "l2-eps1.0", "standard", "per-CE")]
+        ("clean", "l2-eps1.0", "standard", "paired per CE"), ("cec", "l2-eps1.0", "standard", "paired per CE")]
     psp = clf_rows[0]["prob_source_predicted"]
     assert psp["a"]["value"] == pytest.approx(
         by_name["clean"]["classifiers"]["l2-eps1.0"]["prob_source_predicted"]["value"])
@@ -167,7 +167,7 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
     iv = by_name["clean"]["classifiers"]["standard"]["ce_accuracy"]["different_class"]
     assert table["ci"](iv, pct=True) in text
     assert f"| clean - cec | unpaired ([{N}, {N}]) |" in text
-    assert "| clean | l2-eps1.0 - standard (per-CE) |" in text
+    assert "| clean | l2-eps1.0 - standard (paired per CE) |" in text
     assert table["ci"]({"value": 0.25, "low": 0.125, "high": 0.5}, pct=True) == "25.0 [12.5, 50.0]"
 
     # tables, report, figures
@@ -176,7 +176,7 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
         assert (out / "tables" / f"{table}.csv").stat().st_size > 50
     report = (out / "report.md").read_text()
     for word in ("**clean**", "**cec**", "| clean | standard |", "| cec | l2-eps1.0 |",
-                 "| clean | cec | unpaired |", "| clean | l2-eps1.0 | standard | per-CE |",
+                 "| clean | cec | unpaired |", "| clean | l2-eps1.0 | standard | paired per CE |",
                  "95% percentile bootstrap intervals over sources"):
         assert word in report
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))

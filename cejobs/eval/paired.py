@@ -5,12 +5,12 @@ The noise of a CE depends only on (seed, CE position) (cejobs.method.noise), so 
 with the same seed from the same sources by different methods drive CE k of source i with the
 same noise: their difference is measured per CE, and the sources are resampled *jointly* (one
 `Bootstrap` for both), which removes the between-source variation from the interval.
-- "per-CE": same dataset, split, seed, source indices and labels, and the same CE targets in
-  the same order: per-CE differences.
-- "per-source": the same sources, but other CE layouts (e.g. robust's 1 CE per class against
-  2): sources resampled jointly, statistics of each store's CEs of the drawn sources.
+- "paired per CE": same dataset, split, seed, source indices and labels, and the same CE
+  targets in the same order: per-CE differences.
+- "paired per source": the same sources, but other CE layouts (e.g. robust's 1 CE per class
+  against 2): sources resampled jointly, statistics of each store's CEs of the drawn sources.
 - "unpaired": anything else; each store resampled on its own (independent draws).
-Two classifiers on one store always see the same CEs: "per-CE".
+Two classifiers on one store always see the same CEs: "paired per CE".
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from cejobs.eval import metrics as M
 from cejobs.eval.intervals import Bootstrap
 
 PAIR_KEYS = ("dataset", "split", "seed")  # identity fields that must agree, besides the sources
-PAIRINGS = ("per-CE", "per-source", "unpaired")
+PAIRINGS = ("paired per CE", "paired per source", "unpaired")
 
 
 @dataclass
@@ -48,7 +48,8 @@ def pairing(a: StoreArrays, b: StoreArrays) -> str:
     if a.index.shape != b.index.shape or not (np.array_equal(a.index, b.index)
                                               and np.array_equal(a.y, b.y)):
         return "unpaired"
-    return "per-CE" if a.t.shape == b.t.shape and np.array_equal(a.t, b.t) else "per-source"
+    same_ces = a.t.shape == b.t.shape and np.array_equal(a.t, b.t)
+    return "paired per CE" if same_ces else "paired per source"
 
 
 def _different_class(s: StoreArrays, name: str, rows: np.ndarray) -> np.ndarray:
@@ -94,7 +95,7 @@ def compare_stores(a: StoreArrays, b: StoreArrays, n_resamples: int, seed: int) 
 
 def compare_classifiers(y, t, l2, source_prob: dict, ce_prob: dict, valid: dict, reference: str,
                         n_resamples: int, seed: int) -> list[dict]:
-    """Each classifier against `reference` on one store's CEs (always per-CE): probability
+    """Each classifier against `reference` on one store's CEs (always paired per CE): probability
     source predicted, different-class CE accuracy and the r^2 of confidence on CE distance,
     their differences (other - reference) with intervals over the sources valid for both."""
     y, t, l2 = np.asarray(y), np.asarray(t), np.asarray(l2)
@@ -120,7 +121,7 @@ def compare_classifiers(y, t, l2, source_prob: dict, ce_prob: dict, valid: dict,
             r2[clf] = (M.linear_fit(d[keep], conf[keep])["r2"],
                        boot.fit(d[keep], conf[keep], keep)["r2"])
         row = {"sources": len(rows), "classifier": name, "reference": reference,
-               "pairing": "per-CE"}
+               "pairing": "paired per CE"}
         for metric in ("prob_source_predicted", "ce_accuracy_different"):
             (na, da), (nb, db) = stats[name][metric], stats[reference][metric]
             a = float(na.sum() / da.sum()) if da.sum() else None

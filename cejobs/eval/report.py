@@ -215,10 +215,10 @@ def _intervals_note(intervals: dict) -> str:
 
 def _comparison_sections(results: list[StoreResult]) -> list[str]:
     out = ["## Comparisons between stores", "",
-           "a - b of the mean and median distance of different-class CEs. **per-CE** (paired): "
+           "a - b of the mean and median distance of different-class CEs. **paired per CE**: "
            "same dataset, split, seed and sources, and the same CE targets, so CE k of source i "
            "has the same noise in both stores (it depends only on the seed and the CE); "
-           "sources are resampled jointly. **per-source** (paired by source): same sources, "
+           "sources are resampled jointly. **paired per source**: same sources, "
            "other CE layouts. **unpaired**: each store resampled on its own.", "",
            _markdown(store_comparison_table(results)),
            "## Comparisons between classifiers", "",
