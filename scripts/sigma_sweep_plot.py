@@ -69,7 +69,8 @@ def plot(rows: list[dict], clfs: list[str], path: str) -> None:
     axes = fig.subplots(1, 3)
     x = np.array([_err(r["l2"]) for r in rows])
     panels = (("psp", "P(source predicted) %", "(a) different-class CEs predicted as the source"),
-              ("diff", "minus standard, points %", "(b) P(source) minus standard's (paired per CE)"),
+              ("diff", "minus standard, points %",
+               "(b) P(source) minus standard's (paired per CE)"),
               ("acc", "CE accuracy, different class %", "(c) different-class CEs on target"))
     for ax, (key, ylabel, title) in zip(axes, panels):
         for i, clf in enumerate(clfs):
@@ -82,8 +83,8 @@ def plot(rows: list[dict], clfs: list[str], path: str) -> None:
             if eps_of(clf) > 0:
                 ax.axvline(eps_of(clf), color=f"C{i}", ls=":", lw=1)
         for r, xv in zip(rows, x[:, 0]):
-            ax.annotate(f"σ={r['sigma']:g}", (xv, ax.get_ylim()[1]), fontsize=7.5, ha="center",
-                        va="top", color="0.3")
+            ax.annotate(f"σ={r['sigma']:g}", (xv, ax.get_ylim()[1]), fontsize=7.5, ha="left",
+                        va="top", color="0.3", rotation=-60, rotation_mode="anchor")
         if key == "diff":
             ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("median L2 of different-class CEs (dotted: each model's eps)")
