@@ -117,6 +117,8 @@ TARGETS = {  # what is damaged -> the file (of shard 1 where it has one)
     "eval chunk": "eval/standard/ce_prob/c/1/0/0",
     "eval flag chunk": "eval/standard/done/c/1",
     "eval metadata": "eval/standard/ce_prob/zarr.json",
+    "group metadata": "ce/zarr.json",
+    "eval group metadata": "eval/standard/zarr.json",
     "partial": PARTIAL,
 }
 

@@ -35,6 +35,8 @@ class Finding:
 class Repair:
     findings: list[Finding] = field(default_factory=list)
     cleared: dict[str, list[int]] = field(default_factory=dict)  # prefix -> flags reset
+    rewritten: list[str] = field(default_factory=list)  # metadata keys mended from copies
+    removed: list[str] = field(default_factory=list)  # eval groups removed (evaluate redoes)
     unchecked: list[str] = field(default_factory=list)  # arrays without chunk checksums
 
     @property
@@ -44,7 +46,8 @@ class Repair:
 
     @property
     def damaged(self) -> bool:
-        return any(self.cleared.values())
+        """Whether damage was found (and mended, or its shards reset for redo)."""
+        return bool(self.rewritten or self.removed) or any(self.cleared.values())
 
     def lines(self) -> list[str]:
         out = []
@@ -58,7 +61,9 @@ class Repair:
         """One line: which shards will be redone, and by which command."""
         parts = [f"generation of shard(s) {v} (run generate)" if k == "shard" else
                  f"{k} of shard(s) {v} (run evaluate)" for k, v in self.cleared.items() if v]
-        return "redo: " + "; ".join(parts) if parts else "nothing to redo"
+        parts += [f"all of {k} (run evaluate)" for k in self.removed]
+        mended = f"{len(self.rewritten)} metadata file(s) rewritten; " if self.rewritten else ""
+        return mended + ("redo: " + "; ".join(parts) if parts else "nothing to redo")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ def _scopes(store: CEStore, rep: Repair) -> list[_Scope]:
         attrs = store.group_attrs(prefix)
         if attrs is None:
             store.remove_key(prefix)
+            rep.removed.append(prefix)
             rep.findings.append(Finding(f"{prefix}/zarr.json is damaged: removed {prefix}; "
                                         f"evaluate redoes that classifier"))
             continue
@@ -95,6 +101,7 @@ def _mend_metadata(store: CEStore, scope: _Scope, rep: Repair) -> bool:
                     raise StoreError(f"{e}. This store ({store.format}) keeps no copy of it: "
                                      f"restore {name}/zarr.json from a backup") from None
                 store.remove_key(scope.prefix)
+                rep.removed.append(scope.prefix)
                 rep.findings.append(Finding(f"{name}/zarr.json is damaged: removed "
                                             f"{scope.prefix}; evaluate redoes that classifier"))
                 return False
@@ -107,6 +114,7 @@ def _mend_metadata(store: CEStore, scope: _Scope, rep: Repair) -> bool:
             intact = False
         if not intact:
             store.write_key(key, json.dumps(doc, indent=2).encode())
+            rep.rewritten.append(key)
             rep.findings.append(Finding(f"{key} was damaged: rewritten from the copy in the "
                                         f"group's attributes"))
     store.forget_arrays()
@@ -148,9 +156,15 @@ def repair(store: CEStore, *, decode: bool = False, decode_eval: bool | None = N
             deep = decode if scope.prefix == "shard" else decode_eval
             rep.unchecked += [n for n in scope.arrays if deep and not _has_checksum(store, n)]
             done = store.done(scope.prefix)
-            bad: dict[int, list[str]] = {s: [f"flag chunk {store.chunk_key(scope.prefix + '/done', s)} "
-                                             f"does not read back: counted as not done"]
+            flag = f"{scope.prefix}/done"
+            bad: dict[int, list[str]] = {s: [f"flag chunk {store.chunk_key(flag, s)} does not "
+                                             f"read back: counted as not done"]
                                          for s in store.damaged_flags.get(scope.prefix, [])}
+            for s in range(len(done)):  # zarr reads a folder where a chunk belongs as missing
+                kind = store.key_kind(store.chunk_key(flag, s))
+                if kind not in ("file", "missing"):
+                    bad.setdefault(s, []).append(f"flag chunk {store.chunk_key(flag, s)} is a "
+                                                 f"{kind}: counted as not done")
             for shard in map(int, np.flatnonzero(done)):
                 for name in scope.arrays:
                     problem = _chunk_problem(store, name, shard, deep)

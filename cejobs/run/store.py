@@ -256,9 +256,9 @@ class CEStore:
         return None if attrs is None else attrs.get("sha256")
 
     def eval_names(self) -> list[str]:
-        """Classifiers with a group `eval/<name>` in this store (a damaged one included)."""
+        """Classifiers with a folder `eval/<name>` in this store (a damaged one included)."""
         return sorted(name for name in self.list_folder("eval")
-                      if self.key_kind(f"eval/{name}/zarr.json") != "missing")
+                      if self.key_kind(f"eval/{name}") == "folder")
 
     # ------------------------------------------------------------------ shards
     def done(self, prefix: str = "shard") -> np.ndarray:
