@@ -60,9 +60,9 @@ def _check_value(name: str, value, bounds) -> None:
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{flag(name)} must be a finite number (got {value})")
-    if isinstance(value, int) and not INT64[0] <= value < INT64[1]:
-        raise ConfigError(f"{flag(name)} is out of range (got {value}; at most 2^63 - 1)")
     if bounds is None:
+        if isinstance(value, int) and not INT64[0] <= value < INT64[1]:
+            raise ConfigError(f"{flag(name)} is out of range (got {value}; at most 2^63 - 1)")
         return
     ge, gt, lt, le = bounds
     low = ((f"[{ge:g}", value >= ge) if ge is not None else
@@ -70,6 +70,8 @@ def _check_value(name: str, value, bounds) -> None:
     high = ((f"{lt:g})", value < lt) if lt is not None else
             (f"{le:g}]", value <= le) if le is not None else (None, True))
     if low[1] and high[1]:
+        if isinstance(value, int) and not INT64[0] <= value < INT64[1]:
+            raise ConfigError(f"{flag(name)} is out of range (got {value}; at most 2^63 - 1)")
         return
     if low[0] and high[0]:
         want = f"in {low[0]}, {high[0]}"
