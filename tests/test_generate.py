@@ -84,7 +84,7 @@ def test_store_contract(reference, tiny_models):
     np.testing.assert_allclose(a["ce/l2"], np.sqrt((diff**2).sum(axis=(2, 3, 4))), rtol=1e-5)
     np.testing.assert_allclose(a["ce/l0"], (np.abs(diff) > 0.02).mean(axis=(2, 3, 4)), rtol=1e-6)
     attrs = dict(g.attrs)["cejobs"]
-    assert attrs["format"] == "cejobs-store-v1" and attrs["version"] == "0.1.0"
+    assert attrs["format"] == "cejobs-store-v2" and attrs["version"] == "0.1.0"
     assert attrs["layout"] == dict(num_sources=6, ces_per_source=20, num_classes=10,
                                    image_shape=[1, 8, 8], shard_size=2)
     ident = attrs["identity"]

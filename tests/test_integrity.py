@@ -386,3 +386,36 @@ def test_full_disk_at_creation_is_one_line(tmp_path, capsys):
         code, _, err = cli(capsys, generate.main, *G, "--store", mnt / "s.zarr")
         assert code == 2 and "No space left on device" in one_error(err)
         assert not (mnt / "s.zarr").exists()
+
+
+def test_v1_store_status_verify_evaluate_and_resume(reference, tmp_path, capsys, monkeypatch):
+    """A store made before checksums (cejobs-store-v1: no crc32c, no metadata copies, no
+    sources_sha256) opens for status, --verify (decode only, and it says so), evaluate, and a
+    resume (allowed, with a note)."""
+    from zarr.codecs import ZstdCodec
+
+    from cejobs.run import store as store_module
+
+    path = tmp_path / "v1.zarr"
+    monkeypatch.setattr(store_module, "COMPRESSORS", (ZstdCodec(level=0),))  # v1's codecs
+    assert generate.main([*G, "--store", str(path)]) == 0
+    monkeypatch.undo()
+    doc = json.loads((path / "zarr.json").read_text())
+    attrs = doc["attributes"]["cejobs"]
+    attrs["format"] = "cejobs-store-v1"
+    del attrs["metadata"], attrs["identity"]["sources_sha256"]
+    (path / "zarr.json").write_text(json.dumps(doc))
+    CEStore.open(path).clear_done([1])
+
+    code, out, _ = cli(capsys, status.main, "--store", path, "--verify")
+    assert code == 0 and "checksums are not recorded in this store" in out
+    code, _, err = cli(capsys, generate.main, *G, "--store", path)
+    assert code == 0 and "is a cejobs-store-v1 store" in err and "1 of 3 shards" in err
+    code, _, err = cli(capsys, evaluate.main, "--store", path, *CLF,
+                       "--out", tmp_path / "v1.eval")
+    assert code == 0, err
+    assert_equal(arrays(reference, GEN_ARRAYS + EVAL_ARRAYS),
+                 arrays(path, GEN_ARRAYS + EVAL_ARRAYS))
+    (path / "ce/x/zarr.json").write_text("garbage")  # no copy to mend it from: one line
+    code, _, err = cli(capsys, generate.main, *G, "--store", path)
+    assert code == 2 and "restore ce/x/zarr.json from a backup" in one_error(err)
