@@ -139,7 +139,7 @@ def test_damage_matrix(reference, copy, capsys, target, op):
     detected = target != "partial" and not (op == "delete" and "flag" in target)
     assert code == (1 if detected else 0), out + err
     if detected:
-        assert f"verify: " in out and "intact" not in out, out
+        assert "verify: " in out and "intact" not in out, out
     if target == "data chunk" and op == "flip":
         assert "shard 1: unreadable chunk ce/x/c/1/0/0/0/0 (fails its checksum)" in out
     if target == "eval chunk":
@@ -215,7 +215,7 @@ def test_finding_3_changed_dataset_is_refused(tmp_path, capsys):
     assert_equal(before, arrays(store, GEN_ARRAYS))
 
 
-def test_finding_4_dead_ray_address_fails_before_the_store(tmp_path, capsys):
+def test_finding_4_dead_ray_address_fails_before_the_store(reference, tmp_path, capsys):
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -226,6 +226,10 @@ def test_finding_4_dead_ray_address_fails_before_the_store(tmp_path, capsys):
                        "--ray-address", f"127.0.0.1:{port}")
     assert code == 2 and "cannot reach the Ray cluster" in one_error(err)
     assert not store.exists()
+    code, _, err = cli(capsys, evaluate.main, "--store", reference, *CLF, "--backend", "ray",
+                       "--ray-address", f"127.0.0.1:{port}", "--out", tmp_path / "e")
+    assert code == 2 and "cannot reach the Ray cluster" in one_error(err)
+    assert not (tmp_path / "e").exists()
 
 
 def test_finding_5_read_only_store_is_refused_up_front(reference, tmp_path, capsys):
