@@ -156,8 +156,8 @@ def create_or_open(
                          f"not exist; create its target or choose another --store")
     if path.exists() and not path.is_dir():
         raise StoreError(f"--store {path} is a file, not a store folder; choose another --store")
+    check_writable(path)  # a new store's folder, or the existing store itself
     if not path.exists():
-        check_writable(path)
         meta = dict(format=STORE_FORMAT, identity=identity, layout=layout.to_attrs(), **attrs)
         create_group_atomically(path, arrays, layout, meta)
     store = CEStore.open(path)
