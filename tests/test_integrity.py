@@ -196,6 +196,22 @@ def test_finding_2_damaged_eval_arrays_are_redone(reference, copy, capsys):
     assert ref["classifiers"] == now["classifiers"] and ref["distances"] == now["distances"]
 
 
+def test_evaluate_on_a_damaged_generation_chunk_says_what_to_do(reference, copy, capsys):
+    """Evaluate's start checks generation chunks for presence only; a flipped one fails that
+    shard's evaluation with one line saying how to redo it."""
+    _flip(copy / TARGETS["data chunk"])
+    CEStore.open(copy).clear_done([1], "eval/standard")  # shard 1 not yet evaluated
+    out = copy.with_suffix(".e")
+    code, _, err = cli(capsys, evaluate.main, "--store", copy, *CLF, "--out", out)
+    assert code == 1 and "shard 1: its generation chunks do not read back (a checksum fails)" \
+        in err and "--verify, then generate" in err
+    assert cli(capsys, status.main, "--store", copy, "--verify")[0] == 1
+    assert cli(capsys, generate.main, *G, "--store", copy)[0] == 0
+    assert cli(capsys, evaluate.main, "--store", copy, *CLF, "--out", out)[0] == 0
+    assert_equal(arrays(reference, GEN_ARRAYS + EVAL_ARRAYS),
+                 arrays(copy, GEN_ARRAYS + EVAL_ARRAYS))
+
+
 def test_finding_3_changed_dataset_is_refused(tmp_path, capsys):
     """The identity records the sources' content: a rewritten .npz is refused on resume."""
     from cejobs.data import load_dataset

@@ -63,6 +63,8 @@ def run_shard_safely(worker, shard: int) -> ShardResult:
         return worker.run_shard(shard)
     except StoreWriteError as e:  # one line; the driver stops the run (cejobs.progress)
         return ShardResult(shard, error=str(e), worker=worker_name(), fatal=True)
+    except ShardError as e:  # an explained failure: its line says it all
+        return ShardResult(shard, error=f"ShardError: {e}", worker=worker_name())
     except Exception as e:  # reported to the driver; the shard is not marked done
         tb = traceback.format_exc(limit=4)
         return ShardResult(shard, error=f"{type(e).__name__}: {e}\n{tb}", worker=worker_name())
