@@ -47,9 +47,10 @@ from cejobs.train.common import (
 class DiffusionTrainConfig(TrainSettings):
     preset: str = _f("paper", "U-Net preset; its image shape and classes follow the dataset",
                      choices=tuple(UNET_PRESETS), identity=True)
-    base_channels: int | None = _f(None, "override the preset's base width", identity=True)
+    base_channels: int | None = _f(None, "override the preset's base width", identity=True,
+                                    ge=4)
     channel_mult: str | None = _f(None, "override the preset's width multipliers, e.g. 1,2,2,2", identity=True)
-    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution", identity=True)
+    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution", identity=True, ge=1)
     attn_resolutions: str | None = _f(None, "override the preset's attention resolutions, e.g. 16 ('' for none)", identity=True)
     dropout: float | None = _f(None, "override the preset's dropout", identity=True)
     steps: int = _f(1_000_000, "training steps (paper: 1M)", ge=1)
