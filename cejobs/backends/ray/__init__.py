@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.backends.ray.actors import ActorPlan, ShardActor, plan_actors
-from cejobs.backends.ray.cluster import connect, log, loss_reason, one_line
+from cejobs.backends.ray.cluster import check_address, connect, log, loss_reason, one_line
 from cejobs.backends.watchdog import describe, shard_timeout
 from cejobs.run.tasks import ShardResult, ShardTask
 
@@ -75,6 +75,10 @@ class RayBackend:
             max_retries=config.max_retries, device=config.device,
             shard_timeout=config.shard_timeout,
         )
+
+    def preflight(self) -> None:
+        """Before the store is touched: a given address must answer (bounded time)."""
+        check_address(self.address)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         import ray
