@@ -62,12 +62,14 @@ class Hosts:
     def addr(self, host: str) -> str:
         return self.sh("addr", host).strip()
 
-    def command(self, host: str, args: Sequence[str], env: dict[str, str] | None = None) -> list[str]:
+    def command(self, host: str, args: Sequence[str],
+                env: dict[str, str] | None = None) -> list[str]:
         extra = [f"{k}={v}" for k, v in (env or {}).items()]
         return ["bash", str(HOSTS_SH), "exec", host, "env", *extra, *map(str, args)]
 
     def run(self, host: str, args: Sequence[str], env: dict[str, str] | None = None,
-            timeout: float = 300, check: bool = True, cwd: Path = REPO) -> subprocess.CompletedProcess:
+            timeout: float = 300, check: bool = True,
+            cwd: Path = REPO) -> subprocess.CompletedProcess:
         r = subprocess.run(self.command(host, args, env), env=self.env, cwd=cwd, text=True,
                            capture_output=True, timeout=timeout)
         if check and r.returncode:
@@ -92,7 +94,8 @@ def hosts() -> Iterator[Hosts]:
     if os.geteuid() != 0:
         _unavailable("network namespaces need root")
     if shutil.which("ip") is None or shutil.which("nsenter") is None:
-        _unavailable("iproute2 (ip) and util-linux (nsenter) are needed (scripts/test installs them)")
+        _unavailable("iproute2 (ip) and util-linux (nsenter) are needed (scripts/test "
+                     "installs iproute2)")
     h = Hosts(f"cjt{os.getpid()}")
     h.sh("prune")
     h.sh("down")  # an earlier test's leftovers, if its finalizer never ran
@@ -151,7 +154,8 @@ class RayNodes:
     def __init__(self, hosts: Hosts, head: str, temp: Path):
         self.hosts, self.head, self.temp = hosts, head, temp
 
-    def submit(self, entrypoint: Sequence[str], log: Path, env_vars: dict[str, str]) -> subprocess.Popen:
+    def submit(self, entrypoint: Sequence[str], log: Path,
+               env_vars: dict[str, str]) -> subprocess.Popen:
         """`ray job submit` from h0 (the dashboard is on h0's 127.0.0.1), following the log."""
         import json
 

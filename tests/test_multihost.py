@@ -184,8 +184,9 @@ def test_slurm_ray_on_two_nodes(hosts, slurm_nodes, tiny_models, reference, tmp_
                               "ray/slurm-ray.sh", "configs/digits.toml",
                               *flags(tiny_models["diffusion"], store)], env=env)
 
-    def waiting():
-        assert "RUNNING" in slurm_nodes.states(job).values() or not (tmp_path / f"cejobs-ray-{job}.out").exists(), slurm_logs(tmp_path)
+    def waiting():  # fails at once if the job ended (its log says why)
+        started = (tmp_path / f"cejobs-ray-{job}.out").exists()
+        assert not started or "RUNNING" in slurm_nodes.states(job).values(), slurm_logs(tmp_path)
         return both_waiting(hosts, gate)
 
     wait_for(waiting, 400, "a Ray worker at the gate on each node")
