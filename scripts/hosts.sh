@@ -13,7 +13,7 @@
 #
 # Settings (environment):
 #   CEJOBS_HOSTS_NAME    name of the set, a prefix of every namespace (default cej); at most
-#                        9 characters, letters and digits. A name that ends in digits (cjt123)
+#                        11 characters, letters and digits. A name that ends in digits (cjt123)
 #                        records that pid as its owner: `prune` removes it once that pid is gone.
 #   CEJOBS_HOSTS_SUBNET  the first three octets of the hosts' /24 (default 10.213.7): host I
 #                        is .(10+I). It exists only inside these namespaces, never in the root
@@ -29,10 +29,10 @@ SUBNET="${CEJOBS_HOSTS_SUBNET:-10.213.7}"
 BASE="${CEJOBS_HOSTS_DIR:-/tmp/cejobs-hosts}"
 NET_NS="${NAME}-net"
 
-die() { echo "hosts.sh: error: $*" >&2; exit 1; }
+die() { echo "hosts.sh: error: $*" >&2; exit 2; }   # bad input or a missing prerequisite
 log() { echo "hosts.sh: $*" >&2; }
 
-[[ "${NAME}" =~ ^[A-Za-z][A-Za-z0-9]{0,8}$ ]] || die "CEJOBS_HOSTS_NAME must be 1-9 letters/digits, starting with a letter: '${NAME}'"
+[[ "${NAME}" =~ ^[A-Za-z][A-Za-z0-9]{0,10}$ ]] || die "CEJOBS_HOSTS_NAME must be 1-11 letters/digits, starting with a letter: '${NAME}'"
 [[ "${SUBNET}" =~ ^10\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "CEJOBS_HOSTS_SUBNET must be 10.X.Y (a private range): '${SUBNET}'"
 
 host_index() {  # "h2" or "2" -> 2
@@ -48,7 +48,7 @@ hosts() { ip netns list | awk '{print $1}' | sed -n "s/^${NAME}-h\([0-9]\+\)\$/h
 
 cmd_up() {
     local n="${1:-3}" i ns dev
-    [[ "${n}" =~ ^[0-9]+$ ]] && (( n >= 1 && n <= 200 )) || die "N must be 1..200: '${n}'"
+    [[ "${n}" =~ ^[0-9]+$ ]] && (( n >= 1 && n <= 99 )) || die "N must be 1..99: '${n}'"
     [[ "$(id -u)" == 0 ]] || die "network namespaces need root"
     command -v ip >/dev/null || die "iproute2 (ip) is not installed"
     if ! exists "${NET_NS}"; then
