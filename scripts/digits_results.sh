@@ -12,7 +12,7 @@
 # Environment (defaults in brackets):
 #   OUT          output folder: stores <method>.zarr and the reports eval/, eval-fig5/ [runs/digits-results]
 #   SOURCES      sources from the test split (450 = all of it) [450]
-#   STEPS        Euler-Maruyama steps of the diffusion methods [1000]
+#   STEPS        Euler-Maruyama steps of the diffusion methods [1000] (docs/evaluation.md ran 250)
 #   ROBUST_PER_CLASS  robust CEs per target class [1]: the robust method is deterministic, so
 #                more than 1 only repeats the same CE
 #   CEC_SOURCES  sources of the CEs-of-robust-CEs store: the first CEC_SOURCES CEs of robust.zarr,
