@@ -74,9 +74,11 @@ def open_store(path: str | Path) -> StoreData:
     from cejobs.eval.metrics import distance_summary
     from cejobs.eval.report import StoreResult, distance_table
     from cejobs.run.layout import eval_prefix
+    from cejobs.run.storage import zarr_store
 
     store = CEStore.open(path)
-    tree = xr.open_datatree(str(store.path), engine="zarr", consolidated=False)
+    tree = xr.open_datatree(zarr_store(store.path, read_only=True), engine="zarr",
+                            consolidated=False)
     lay = store.layout
     rows = np.flatnonzero(np.repeat(store.done(), lay.shard_size)[:lay.num_sources])
     k = lay.ces_per_source

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from cejobs.backends import BACKENDS as _BACKEND_TABLE
 from cejobs.method.methods import METHODS
+from cejobs.run.storage import ObjectPath, is_url, location
 from cejobs.settings import ConfigError, identity_of, parse, setting, typed
 
 PRECISIONS = ("fp32", "bf16")
@@ -116,9 +117,9 @@ class GenerateConfig(Resources):
         every_method = {name for m in METHODS.values() for name in m.identity}
         return {k: v for k, v in identity_of(self).items() if k not in every_method - own}
 
-    def resolved_store(self) -> Path:
+    def resolved_store(self) -> Path | ObjectPath:
         if self.store:
-            return Path(self.store)
+            return location(self.store)  # a path, file:// or an object-storage URL
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.dataset.removeprefix("store:")).stem)
         return Path("runs") / f"{name}-{self.method}.zarr"
 
@@ -149,6 +150,7 @@ class GenerateConfig(Resources):
             raise ConfigError("give --sources N (N >= 1) or --indices A:B")
         if self.indices is not None:
             parse_index_range(self.indices)
+        check_slurm_store(self.backend, [self.store] if self.store else [])
         ds = self.dataset
         if not (ds in BUILTIN_DATASETS or ds.endswith(".npz") or ds.startswith("store:")):
             raise ConfigError(
@@ -177,6 +179,19 @@ class EvaluateConfig(Resources):
         super().validate()
         if not self.store:
             raise ConfigError("give at least one --store PATH")
+        check_slurm_store(self.backend, self.store)
+
+
+SLURM_STORES = ("the slurm backend needs the store on a filesystem every node mounts (a path "
+                "or file://); s3:// and other object-storage stores run on the local and ray "
+                "backends")
+
+
+def check_slurm_store(backend: str, stores: Sequence[str]) -> None:
+    """SLURM's claim loop takes shards with hard links and renames on a shared filesystem;
+    object storage is refused before any work (docs/store.md)."""
+    if backend == "slurm" and any(is_url(s) for s in stores):
+        raise ConfigError(SLURM_STORES)
 
 
 def parse_index_range(text: str) -> range:

@@ -62,11 +62,12 @@ class Generate(JobKind):
 
     def prepare(self, argv):
         from cejobs.generate import prepare
-        from cejobs.run.config import parse_generate_args
+        from cejobs.run.config import check_slurm_store, parse_generate_args
 
         from cejobs.run.tasks import ShardTask
 
         config = parse_generate_args(argv, prog="python -m cejobs.array_task generate")
+        check_slurm_store("slurm", [str(config.resolved_store())])
         path = str(prepare(config).path.resolve())
         return [ShardTask(self.name, path, config)], ["summary", "--store", path]
 
@@ -96,8 +97,11 @@ class Evaluate(JobKind):
 
     def prepare(self, argv):
         from cejobs import evaluate
+        from cejobs.run.config import check_slurm_store, parse_evaluate_args
 
-        tasks = evaluate.create_tasks(evaluate.prepare(argv))
+        config = parse_evaluate_args(argv, prog="python -m cejobs.array_task evaluate")
+        check_slurm_store("slurm", config.store)
+        tasks = evaluate.create_tasks(evaluate.prepare(config))
         return tasks, ["evaluate-summary", *argv]
 
 

@@ -20,6 +20,7 @@ import zarr
 
 from cejobs import __version__
 from cejobs.run.layout import EVAL_ARRAYS, ArraySpec, Layout, chunks_of, eval_prefix, shape_of
+from cejobs.run.storage import ObjectPath, location, publish, zarr_store
 
 STORE_FORMAT = "cejobs-store-v1"
 ATTRS_KEY = "cejobs"
@@ -53,8 +54,10 @@ class StoreError(RuntimeError):
     """A store that can't be used as asked; the message is one line."""
 
 
-def check_writable(path: Path) -> None:
-    """Fail early, in one line, when the store's folder can't be written."""
+def check_writable(path: Path | ObjectPath) -> None:
+    """Fail early, in one line, when the store's folder (or bucket) can't be written."""
+    if isinstance(path, ObjectPath):
+        return path.check_writable()
     parent = path.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -87,16 +90,23 @@ def _create_arrays(group: zarr.Group, arrays: dict[str, ArraySpec], layout: Layo
         )
 
 
+def _fill_group(group: zarr.Group, arrays: dict[str, ArraySpec], layout: Layout,
+                attrs: dict[str, Any]) -> None:
+    _create_arrays(group, arrays, layout)
+    group.attrs[ATTRS_KEY] = dict(version=__version__, created=time.time(),
+                                  arrays=sorted(arrays), **attrs)
+
+
 def create_group_atomically(path: Path, arrays: dict[str, ArraySpec], layout: Layout,
                             attrs: dict[str, Any]) -> None:
     """Build a group of `arrays` in a sibling temporary folder, then rename it to `path`, so
-    that it exists whole or not at all. When another process got there first, theirs stays."""
+    that it exists whole or not at all. When another process got there first, theirs stays.
+    On object storage only the group's zarr.json is written here, conditionally (publish)."""
+    if isinstance(path, ObjectPath):
+        return publish(path, lambda g: _fill_group(g, arrays, layout, attrs), root_only=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
     try:
-        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
-        _create_arrays(group, arrays, layout)
-        group.attrs[ATTRS_KEY] = dict(version=__version__, created=time.time(),
-                                      arrays=sorted(arrays), **attrs)
+        _fill_group(zarr.open_group(str(tmp), mode="w-", zarr_format=3), arrays, layout, attrs)
         os.rename(tmp, path)
     except OSError:
         if not (path / "zarr.json").exists():
@@ -118,7 +128,7 @@ def create_or_open(
     place, so concurrent drivers (e.g. SLURM array tasks) agree on one store. A mismatch
     raises StoreError naming the differing fields, and nothing on disk changes.
     """
-    path = Path(path)
+    path = location(path)
     if not path.exists():
         check_writable(path)
         meta = dict(format=STORE_FORMAT, identity=identity, layout=layout.to_attrs(), **attrs)
@@ -130,6 +140,8 @@ def create_or_open(
         raise StoreError(f"{path} was made with a different configuration; "
                          f"use another --store or the same settings. Differences: "
                          + "; ".join(diffs))
+    if isinstance(path, ObjectPath):  # the arrays' metadata, where a creator died before it
+        publish(path, lambda g: _create_arrays(g, arrays, layout), root_only=False)
     return store
 
 
@@ -137,17 +149,17 @@ def create_or_open(
 class CEStore:
     """An open store: attributes, layout, and shard-level reads and writes."""
 
-    path: Path
+    path: Path | ObjectPath
     attrs: dict[str, Any]
     _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | Path) -> "CEStore":
-        path = Path(path)
+        path = location(path)
         if not (path / "zarr.json").exists():
             raise StoreError(f"no cejobs store at {path}")
         try:
-            group = zarr.open_group(str(path), mode="r")
+            group = zarr.open_group(zarr_store(path, read_only=True), mode="r")
             attrs = dict(group.attrs)[ATTRS_KEY]
         except Exception:
             raise StoreError(f"{path} is not a cejobs store (no '{ATTRS_KEY}' attributes)") from None
@@ -177,7 +189,7 @@ class CEStore:
         if name not in self._arrays:
             try:
                 self._arrays[name] = zarr.open_array(
-                    str(self.path), path=name, mode="r+"
+                    zarr_store(self.path), path=name, mode="r+"
                 ).with_config(WRITE_CONFIG)  # open_array ignores a config argument
             except FileNotFoundError:
                 raise StoreError(f"{self.path} has no array {name!r}") from None
@@ -187,13 +199,15 @@ class CEStore:
         """The sha256 of the checkpoint that wrote `eval/<name>`, or None if there is none."""
         if not (self.path / eval_prefix(name) / "zarr.json").exists():
             return None
-        group = zarr.open_group(str(self.path), path=eval_prefix(name), mode="r")
+        group = zarr.open_group(zarr_store(self.path, read_only=True), path=eval_prefix(name),
+                                mode="r")
         return dict(group.attrs).get(ATTRS_KEY, {}).get("sha256")
 
     # ------------------------------------------------------------------ shards
     def done(self, prefix: str = "shard") -> np.ndarray:
         """(S,) bool flags, read fresh from disk."""
-        arr = zarr.open_array(str(self.path), path=f"{prefix}/done", mode="r")
+        arr = zarr.open_array(zarr_store(self.path, read_only=True), path=f"{prefix}/done",
+                              mode="r")
         return np.asarray(arr[:], dtype=bool)
 
     def write_shard(self, shard: int, data: dict[str, np.ndarray], prefix: str = "shard",
@@ -227,7 +241,7 @@ class CEStore:
         return np.asarray(arr[rows if rows is not None else slice(None)])
 
     # ------------------------------------------------------------------ checks
-    def chunk_path(self, name: str, shard: int) -> Path:
+    def chunk_path(self, name: str, shard: int) -> Path | ObjectPath:
         """Files holding shard `shard`'s chunks of array `name`."""
         arr = self.array(name)  # chunk index along N (or the shard axis) is the shard
         key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
@@ -312,11 +326,13 @@ def create_eval_arrays(store: CEStore, name: str, attrs: dict[str, Any]) -> str:
     prefix = eval_prefix(name)
     final = store.path / prefix
     if not (final / "zarr.json").exists():
-        zarr.open_group(str(store.path), mode="r+").require_group("eval")
+        zarr.open_group(zarr_store(store.path), mode="r+").require_group("eval")
         create_group_atomically(final, EVAL_ARRAYS, store.layout, dict(kind="evaluate", **attrs))
     recorded = store.classifier_sha256(name)
     if recorded != attrs.get("sha256"):
         raise StoreError(f"{store.path} has {prefix} from a classifier with sha256 "
                          f"{str(recorded)[:12]}, not {str(attrs.get('sha256'))[:12]}; give "
                          f"this classifier another name")
+    if isinstance(final, ObjectPath):  # the arrays' metadata (see create_or_open)
+        publish(final, lambda g: _create_arrays(g, EVAL_ARRAYS, store.layout), root_only=False)
     return prefix
