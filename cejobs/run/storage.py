@@ -94,7 +94,12 @@ class ObjectPath:
         return PurePosixPath(self.key).relative_to(other.key)
 
     def exists(self) -> bool:
-        return bool(self.fs.exists(self.key))
+        """Whether an object (or a prefix) is there. The store's first call: an endpoint,
+        bucket or credentials that don't work end here, in one line (StorageError)."""
+        try:
+            return bool(self.fs.exists(self.key))
+        except Exception as e:  # noqa: BLE001 - every failure becomes one line
+            raise StorageError(f"cannot use {self}: {explain(e)}") from None
 
     def is_dir(self) -> bool:
         return bool(self.fs.isdir(self.key))
