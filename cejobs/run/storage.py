@@ -171,6 +171,15 @@ def explain(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
+def keys_under(where: Path | ObjectPath) -> set[str]:
+    """Every file (object) below `where`, as keys relative to it: one listing (S3: one
+    request per 1,000 keys), where asking for each chunk would cost one request per chunk."""
+    if isinstance(where, ObjectPath):
+        return {str(PurePosixPath(k).relative_to(where.key))
+                for k in where.fs.find(where.key)}
+    return {str(p.relative_to(where)) for p in where.rglob("*") if p.is_file()}
+
+
 def publish(where: ObjectPath, build: Callable[[Any], None], root_only: bool) -> bool:
     """Write a zarr group built by `build(group)` to `where`, object by object.
 

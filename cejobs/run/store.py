@@ -20,7 +20,7 @@ import zarr
 
 from cejobs import __version__
 from cejobs.run.layout import EVAL_ARRAYS, ArraySpec, Layout, chunks_of, eval_prefix, shape_of
-from cejobs.run.storage import ObjectPath, location, publish, zarr_store
+from cejobs.run.storage import ObjectPath, keys_under, location, publish, zarr_store
 
 STORE_FORMAT = "cejobs-store-v1"
 ATTRS_KEY = "cejobs"
@@ -271,11 +271,12 @@ class CEStore:
         Returns {shard: [problem, ...]} for every shard with a problem.
         """
         problems: dict[int, list[str]] = {}
+        present = keys_under(self.path)  # one listing, not one request per chunk
         for shard in map(int, np.flatnonzero(self.done())):
             for name in self.attrs["arrays"]:
                 chunk = self.chunk_path(name, shard)
                 where = chunk.relative_to(self.path)
-                if not chunk.exists():
+                if str(where) not in present:
                     problems.setdefault(shard, []).append(f"missing chunk {where}")
                     continue
                 if not decode:
