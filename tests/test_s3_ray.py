@@ -92,7 +92,7 @@ def test_ray_workers_sharing_only_the_s3_endpoint(s3, s3_env, tiny_models, tmp_p
             finally:
                 kill_session(sid)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert "127.0.0.1" in r.stderr and "2 node(s)" in r.stderr
+        assert "2 node(s)" in r.stderr  # the head (no CPUs) and the private node
         assert "3/3 shards done" in r.stdout
         assert s3.secret not in r.stdout + r.stderr
         g = zarr.open_group(str(local), mode="r")
