@@ -224,3 +224,15 @@ def test_slurm_refuses_object_storage_in_one_line(s3, tiny_models):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "the slurm backend needs the store on a filesystem every node mounts" in r.stderr
     assert not s3.objects("slurm/")
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-aws.yaml"])
+def test_ray_cluster_configs_are_valid_for_ray_up(name):
+    """ray up's own schema check (the cloud one can't be started here)."""
+    import yaml
+    from ray.autoscaler._private.util import fillout_defaults, validate_config
+
+    config = fillout_defaults(yaml.safe_load((REPO / "ray" / name).read_text()))
+    validate_config(config)
+    starts = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token" in starts and "--dashboard-host=127.0.0.1" in starts

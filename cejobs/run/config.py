@@ -98,7 +98,9 @@ class GenerateConfig(Resources):
     robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this",
                                  identity=True, gt=0, lt=1)
     # --- inputs (may move between a run and its resume)
-    store: str | None = _f(None, "zarr store path; unset: runs/<dataset>-<method>.zarr")
+    store: str | None = _f(None, "zarr store: a path, or s3://bucket/prefix/run.zarr (any "
+                                 "fsspec URL; credentials from the AWS environment); unset: "
+                                 "runs/<dataset>-<method>.zarr")
     compile: bool = _f(False, "torch.compile the diffusion network, or with --fast the "
                               "whole step (2.2x on an H200; falls back to eager if it fails)")
     fast: bool = _f(False, "fast sampling path: channels-last, SDPA attention, noise made on "
