@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def test_ray_workers_sharing_only_the_s3_endpoint(s3, s3_env, tiny_models, tmp_p
     try:
         driver.chmod(0o700)
         shutil.copy(tiny_models["diffusion"], driver / "diffusion.pt")
+        shutil.copy(tiny_models["classifier"], driver / "classifier.pt")
         digits = load_dataset("digits")
         np.savez(driver / "digits.npz", x=digits.images(np.arange(30)).numpy(),
                  y=digits.labels[:30])
@@ -74,6 +76,9 @@ def test_ray_workers_sharing_only_the_s3_endpoint(s3, s3_env, tiny_models, tmp_p
                 "--no-progress"]
         local = driver / "local.zarr"
         run_module("cejobs.generate", *args, "--backend", "local", "--store", local)
+        clf = ["--classifier", f"tiny={driver / 'classifier.pt'}", "--no-figures",
+               "--no-progress", "--threads", "1"]
+        run_module("cejobs.evaluate", "--store", local, *clf, "--out", driver / "local.eval")
 
         url = s3.url("ray-private/run.zarr")
         with start_ray_cluster(num_cpus=0) as head:
@@ -85,9 +90,14 @@ def test_ray_workers_sharing_only_the_s3_endpoint(s3, s3_env, tiny_models, tmp_p
             try:
                 env = {**clean_env(s3.env), **AUTH_ENV}
                 env.pop("RAY_ADDRESS", None)
+                ray_flags = ["--backend", "ray", "--ray-address", head.gcs_address]
                 r = subprocess.run(
-                    [os.sys.executable, "-m", "cejobs.generate", *map(str, args), "--backend",
-                     "ray", "--ray-address", head.gcs_address, "--store", url],
+                    [sys.executable, "-m", "cejobs.generate", *map(str, args), *ray_flags,
+                     "--store", url],
+                    cwd=driver, env=env, capture_output=True, text=True, timeout=900)
+                e = subprocess.run(
+                    [sys.executable, "-m", "cejobs.evaluate", "--store", url, *clf, *ray_flags,
+                     "--out", str(driver / "s3.eval")],
                     cwd=driver, env=env, capture_output=True, text=True, timeout=900)
             finally:
                 kill_session(sid)
@@ -97,6 +107,10 @@ def test_ray_workers_sharing_only_the_s3_endpoint(s3, s3_env, tiny_models, tmp_p
         assert s3.secret not in r.stdout + r.stderr
         g = zarr.open_group(str(local), mode="r")
         assert_same({n: np.asarray(g[n][:]) for n in NAMES}, s3_arrays(url))
+        assert e.returncode == 0, e.stderr[-3000:]
+        assert "2 node(s)" in e.stderr and s3.secret not in e.stdout + e.stderr
+        evaluated = ("eval/tiny/source_prob", "eval/tiny/ce_prob", "eval/tiny/done")
+        assert_same({n: np.asarray(g[n][:]) for n in evaluated}, s3_arrays(url, *evaluated))
     finally:
         shutil.rmtree(driver, ignore_errors=True)
         shutil.rmtree(node, ignore_errors=True)

@@ -41,8 +41,7 @@ class ShardActor:
         except Exception as e:  # reported by ready(): the backend retires this actor
             from cejobs.run.store import StoreError
 
-            hint = (" (the store must be on storage every node reaches: a shared filesystem "
-                    "or object storage such as s3://)"
+            hint = (" (the store must be on storage every node shares)"
                     if isinstance(e, StoreError) else "")
             self.error = f"{type(e).__name__}: {e}{hint}"
         self.name = worker_name()
