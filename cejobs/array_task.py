@@ -35,19 +35,20 @@ from cejobs.run.kinds import KINDS
 def summarize(argv: list[str]) -> int:
     """Verify a generation store, print its status line, list failures; clean up claims when
     complete. Exit 0 iff every shard is done and intact."""
-    from cejobs.status import format_status, store_status
+    from cejobs.run.repair import repair
     from cejobs.run.store import CEStore
+    from cejobs.status import format_status, store_status
 
     parser = argparse.ArgumentParser(prog="python -m cejobs.array_task summary")
     parser.add_argument("--store", required=True, help="zarr store path")
     args = parser.parse_args(argv)
     store = CEStore.open(args.store)
     done = int(store.done().sum())
-    repair = store.repair(decode=True, writers_may_run=True)  # a resubmission may be running
-    for line in repair.lines():
+    found = repair(store, decode=True)  # young leftovers are kept: a resubmission may run
+    for line in found.lines():
         print(line)
-    if repair.cleared:
-        print(f"verify: {len(repair.cleared)} shard(s) marked not done: {repair.cleared}")
+    if found.generation:
+        print(f"verify: {len(found.generation)} shard(s) marked not done: {found.generation}")
     else:
         print(f"verify: all {done} done shards read back intact")
     print(format_status(store, store_status(store)))

@@ -159,7 +159,7 @@ def bench_scale(args) -> dict:
 
     from cejobs.run.kinds import pending_shards
     from cejobs.run.layout import Layout, generation_arrays
-    from cejobs.run.storage import keys_under, location
+    from cejobs.run.storage import ObjectPath, location
     from cejobs.run.store import CEStore, create_or_open
     from cejobs.run.tasks import ShardTask
     from cejobs.status import store_status
@@ -177,7 +177,9 @@ def bench_scale(args) -> dict:
                 arr[:] = (np.ones(arr.shape, dtype=arr.dtype) if name != "shard/started_at"
                           else np.zeros(arr.shape))
         populate = time.perf_counter() - t0
-        objects = len(keys_under(location(where)))
+        top = location(where)
+        objects = len(top.fs.find(top.key) if isinstance(top, ObjectPath)
+                      else [p for p in top.rglob("*") if p.is_file()])
         t0 = time.perf_counter()
         st = store_status(CEStore.open(where))
         status_s = time.perf_counter() - t0

@@ -26,6 +26,7 @@ be 600 MB) and are converted per batch by `ImageDataset.images(indices)`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pickle
@@ -70,6 +71,19 @@ class ImageDataset:
             f"ImageDataset({self.name!r}, split={self.split!r}, n={len(self)}, "
             f"image_shape={self.image_shape}, num_classes={self.num_classes})"
         )
+
+    def sources_sha256(self, indices: np.ndarray) -> str:
+        """sha256 of the pixels (as stored, with their dtype and scale) and labels of
+        `indices`: a store's identity records it, so a changed dataset file (or --data-root)
+        is refused on resume. 10,000 CIFAR10 sources: 31 MB hashed, about 0.1 s."""
+        h = hashlib.sha256(f"{self.image_shape} {self.scale!r}".encode())
+        indices = np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(indices), 4096):
+            block = np.ascontiguousarray(self.pixels[indices[start:start + 4096]])
+            h.update(str(block.dtype).encode())
+            h.update(block.tobytes())
+        h.update(np.ascontiguousarray(self.labels[indices]).tobytes())
+        return h.hexdigest()
 
     def images(self, indices=None) -> Tensor:
         """float32 tensor (n, C, H, W) in [0, 1] of the given indices (all when None)."""
@@ -185,8 +199,8 @@ def _npz(name: str, split: str) -> ImageDataset:
         raise
     except Exception as exc:
         raise DatasetError(f"{path} is not a readable .npz: {exc}") from exc
-    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-        raise DatasetError(f"{path}: need x (N, C, H, W) or (N, H, W, C) and y (N,), got {x.shape} and {y.shape}")
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+        raise DatasetError(f"{path}: need x (N, C, H, W) or (N, H, W, C) and y (N,) with N >= 1, got {x.shape} and {y.shape}")
     if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):  # channels last
         x = x.transpose(0, 3, 1, 2)
     if x.dtype == np.uint8:

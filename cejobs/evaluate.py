@@ -4,7 +4,9 @@ then metrics, tables and figures.
 1. Check every input before any work (cejobs.eval.inputs): stores complete (or
    `--allow-partial`), classifiers fit the stores' image shape and classes, and a classifier
    name already in a store has the same checkpoint sha256.
-2. Per store: the driver creates `eval/<name>/` for each classifier, then one "evaluate" task
+2. Per store, under its evaluate lease (cejobs.run.lease): the repair policy re-reads the
+   store's eval arrays and resets exactly the damaged (classifier, shard) flags
+   (cejobs.run.repair); the driver creates `eval/<name>/` for each classifier, then one "evaluate" task
    covering all classifiers runs the generation-done shards that some classifier has not
    evaluated yet, on the chosen backend. Re-running resumes, like generate.
 3. One pass over each store's (N, K)-sized arrays (cejobs.eval.assemble) writes summary.json,
@@ -13,12 +15,13 @@ then metrics, tables and figures.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from cejobs import api
-from cejobs.backends import make_backend
+from cejobs.backends import make_ready_backend
 from cejobs.cli import command
 from cejobs.eval import report as R
 from cejobs.eval.assemble import assemble
@@ -27,6 +30,8 @@ from cejobs.eval.inputs import (Classifier, check_inputs, default_classifier_pat
 from cejobs.progress import Progress
 from cejobs.run.config import ConfigError, EvaluateConfig, parse_evaluate_args
 from cejobs.run.kinds import pending_shards
+from cejobs.run.lease import DriverLease
+from cejobs.run.repair import repair
 from cejobs.run.storage import location
 from cejobs.run.store import CEStore, create_eval_arrays
 from cejobs.run.tasks import ShardTask
@@ -76,11 +81,26 @@ def create_tasks(job: EvalJob) -> list[ShardTask]:
 def run_evaluate(config: EvaluateConfig) -> tuple[list[R.StoreResult], int]:
     """Evaluate what is left, then write the outputs; the results, and the exit status (0 when
     every shard is evaluated, 1 when some are not)."""
+    backend = make_ready_backend(config)
     job = prepare(config)
+    with contextlib.ExitStack() as leases:
+        for store in job.stores:
+            leases.enter_context(DriverLease(store, "evaluate"))
+        return _run(config, job, backend)
+
+
+def _run(config: EvaluateConfig, job: EvalJob, backend) -> tuple[list[R.StoreResult], int]:
     try:
         job.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create --out {job.out}: {e.strerror or e}") from None
+    for store in job.stores:  # evaluate's own arrays are re-read whole: they are small
+        found = repair(store, decode_eval=True)
+        for line in found.lines():
+            print(line, file=sys.stderr)
+        if found.damaged:
+            print(f"{store.path}: {found.summary()}", file=sys.stderr)
+        check_inputs([store], job.classifiers, config.allow_partial)  # generation damage
     tasks = create_tasks(job)
 
     # --- the shards not yet evaluated, store after store
@@ -94,7 +114,7 @@ def run_evaluate(config: EvaluateConfig) -> tuple[list[R.StoreResult], int]:
     for task, label, shards in zip(tasks, job.labels, todo):
         progress.label = label
         if shards:
-            make_backend(config).run(task, shards, progress)
+            backend.run(task, shards, progress)
     seconds = progress.close()
     print(f"evaluated {progress.ces} CEs x classifiers in {progress.shards} shard(s), "
           f"{seconds:.1f} s ({progress.ces / max(seconds, 1e-9):.0f} CE/s)")

@@ -12,7 +12,7 @@ import shlex
 import sys
 
 from cejobs import api
-from cejobs.backends import make_backend
+from cejobs.backends import Backend, make_ready_backend
 from cejobs.cli import command
 from cejobs.data import load_dataset
 from cejobs.method.methods import METHODS
@@ -22,7 +22,9 @@ from cejobs.run.config import ConfigError, GenerateConfig, parse_generate_args
 from cejobs.run.kinds import pending_shards
 from cejobs.run.layout import Layout, generation_arrays
 from cejobs.run.plan import make_plan
-from cejobs.run.store import CEStore, create_or_open
+from cejobs.run.lease import DriverLease
+from cejobs.run.repair import repair
+from cejobs.run.store import OLD_FORMATS, CEStore, create_or_open
 from cejobs.run.tasks import ShardTask
 
 
@@ -42,25 +44,42 @@ def check_checkpoint(config: GenerateConfig, dataset) -> dict[str, str]:
 
 
 def prepare(config: GenerateConfig) -> CEStore:
-    """Everything before the work: dataset, checkpoint, plan, then create or open the store."""
+    """Everything before the work: dataset, checkpoint, plan, then create or open the store.
+    The identity records the sources' content (`sources_sha256`), so a changed dataset file
+    is refused on resume."""
     dataset = load_dataset(config.dataset, config.data_root, config.split)
     checksum = check_checkpoint(config, dataset)
     plan = make_plan(config, len(dataset), dataset.num_classes)
     layout = Layout(plan.num_sources, plan.ces_per_source, plan.num_classes,
                     tuple(dataset.image_shape), plan.shard_size)
-    identity = {**config.identity(), **checksum}
+    identity = {**config.identity(), **checksum,
+                "sources_sha256": dataset.sources_sha256(plan.source_index)}
     arrays = generation_arrays(config.ce_dtype, METHODS[config.method].arrays)
-    return create_or_open(config.resolved_store(), identity, layout, arrays,
-                          dict(config=config.to_dict(), kind="generate"))
+    store = create_or_open(config.resolved_store(), identity, layout, arrays,
+                           dict(config=config.to_dict(), kind="generate"))
+    if store.format in OLD_FORMATS:
+        print(f"note: {store.path} is a {store.format} store (an older cejobs): it records no "
+              f"chunk checksums and no hash of the sources, so changed bytes or a changed "
+              f"dataset file can't be detected in it", file=sys.stderr)
+    return store
 
 
 def run_generate(config: GenerateConfig) -> tuple[CEStore, int]:
     """Create or resume the store of `config` and run what is left; the store, and the exit
     status: 0 when every shard is done, 1 when some are not."""
+    backend = make_ready_backend(config)
     store = prepare(config)
-    repair = store.repair(decode=False, writers_may_run=False)
-    if repair.cleared:
-        print(f"redoing {len(repair.cleared)} damaged shard(s): {repair.cleared}", file=sys.stderr)
+    with DriverLease(store, "generate"):
+        return _run(config, store, backend)
+
+
+def _run(config: GenerateConfig, store: CEStore, backend: Backend) -> tuple[CEStore, int]:
+    found = repair(store)
+    for line in found.lines():
+        print(line, file=sys.stderr)
+    if found.generation:
+        print(f"redoing {len(found.generation)} damaged shard(s): {found.generation}",
+              file=sys.stderr)
     path = store.path
     task = ShardTask("generate", str(path.resolve()), config)
     pending = pending_shards(store, task)
@@ -72,7 +91,7 @@ def run_generate(config: GenerateConfig) -> tuple[CEStore, int]:
     print(f"{len(pending)} of {store.num_shards} shards to run on backend "
           f"'{config.backend}' -> {path}", file=sys.stderr)
     progress = Progress(store.num_shards, config.progress, done=store.num_shards - len(pending))
-    report = make_backend(config).run(task, pending, progress)
+    report = backend.run(task, pending, progress)
     seconds = progress.close()
     done = int(store.done().sum())
     rate = progress.ces / max(seconds, 1e-9)

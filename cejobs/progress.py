@@ -1,5 +1,6 @@
 """The driver's progress over shards: a bar with CEs/s while results arrive, errors kept for
-the end. Used by generate and evaluate alike."""
+the end. Used by generate and evaluate alike. A result whose write the storage refused
+(`fatal`: disk full, read-only) raises StoreWriteError, which ends the run with one line."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class Progress:
             rate = self.ces / max(time.perf_counter() - self.start, 1e-9)
             self.bar.set_postfix_str(f"{where}{rate:.2f} CE/s", refresh=False)
             self.bar.update(1)
+        elif result.fatal:  # the storage refused a write: stop at the first one
+            from cejobs.run.store import StoreWriteError
+
+            raise StoreWriteError(f"{where}shard {result.shard}: {result.error}")
         else:
             self.errors.append(f"{where}shard {result.shard} failed: {result.error.strip()}")
             tqdm.write(self.errors[-1].splitlines()[0], file=sys.stderr)

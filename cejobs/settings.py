@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -30,11 +31,14 @@ class ConfigError(ValueError):
 
 
 def setting(default, help: str, *, identity: bool = False, choices=None,
-            ge: float | None = None, gt: float | None = None, lt: float | None = None):
+            ge: float | None = None, gt: float | None = None, lt: float | None = None,
+            le: float | None = None):
     """A settings field: its default, its help line, whether it decides the numbers, and the
-    range its value must lie in (checked by `typed`, with the flag's name in the message)."""
+    range its value must lie in (checked by `typed`, with the flag's name in the message).
+    Every int must also fit in int64 and every float be finite (`_check_value`)."""
+    bounds = (ge, gt, lt, le)
     meta = {"help": help, "identity": identity, "choices": choices,
-            "range": (ge, gt, lt) if (ge, gt, lt) != (None, None, None) else None}
+            "range": bounds if bounds != (None, None, None, None) else None}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -47,22 +51,35 @@ def check(checks: list[tuple[bool, str]], error: type[Exception] = ConfigError) 
             raise error(message)
 
 
-def _check_range(name: str, value, bounds) -> None:
-    ge, gt, lt = bounds
-    if value is None:
+INT64 = (-2**63, 2**63)  # every int flag fits in int64 (torch, numpy, zarr)
+
+
+def _check_value(name: str, value, bounds) -> None:
+    """The field's range (`setting`), and int64 / finiteness for every number."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else None
-    if low and lt is not None:
-        ok, want = ((value >= ge) if ge is not None else (value > gt)) and value < lt, \
-            f"in {low}, {lt:g})"
-    elif ge is not None:
-        ok, want = value >= ge, f">= {ge:g}"
-    elif gt is not None:
-        ok, want = value > gt, f"> {gt:g}"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{flag(name)} must be a finite number (got {value})")
+    if bounds is None:
+        if isinstance(value, int) and not INT64[0] <= value < INT64[1]:
+            raise ConfigError(f"{flag(name)} is out of range (got {value}; at most 2^63 - 1)")
+        return
+    ge, gt, lt, le = bounds
+    low = ((f"[{ge:g}", value >= ge) if ge is not None else
+           (f"({gt:g}", value > gt) if gt is not None else (None, True))
+    high = ((f"{lt:g})", value < lt) if lt is not None else
+            (f"{le:g}]", value <= le) if le is not None else (None, True))
+    if low[1] and high[1]:
+        if isinstance(value, int) and not INT64[0] <= value < INT64[1]:
+            raise ConfigError(f"{flag(name)} is out of range (got {value}; at most 2^63 - 1)")
+        return
+    if low[0] and high[0]:
+        want = f"in {low[0]}, {high[0]}"
+    elif low[0]:
+        want = f">= {ge:g}" if ge is not None else f"> {gt:g}"
     else:
-        ok, want = value < lt, f"< {lt:g}"
-    if not ok:
-        raise ConfigError(f"{flag(name)} must be {want} (got {value})")
+        want = f"< {lt:g}" if lt is not None else f"<= {le:g}"
+    raise ConfigError(f"{flag(name)} must be {want} (got {value})")
 
 
 def flag(name: str) -> str:
@@ -160,8 +177,7 @@ def typed(cls: type[T], values: dict[str, Any], source: str = "configuration") -
         if choices and value not in choices:
             raise ConfigError(f"{flag(f.name)} must be one of {', '.join(choices)} "
                               f"(got {value!r})")
-        if f.metadata.get("range"):
-            _check_range(f.name, value, f.metadata["range"])
+        _check_value(f.name, value, f.metadata.get("range"))
     if hasattr(settings, "validate"):
         settings.validate()
     return settings

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cejobs.run.store import CEStore
+from cejobs.run.store import STORE_FORMAT, CEStore
 
 
 @dataclass
@@ -57,8 +57,8 @@ def store_status(store: CEStore, prefix: str = "shard") -> StoreStatus:
     done = store.done(prefix)
     sizes = np.array([layout.rows(s).stop - layout.rows(s).start for s in range(len(done))])
     ces = sizes * layout.ces_per_source
-    starts = store.read_rows(f"{prefix}/started_at")[done]
-    ends = store.read_rows(f"{prefix}/finished_at")[done]
+    starts = store.read_flags(f"{prefix}/started_at")[done]
+    ends = store.read_flags(f"{prefix}/finished_at")[done]
     timed = np.isfinite(starts) & np.isfinite(ends)
     return StoreStatus(
         shards_done=int(done.sum()), shards_total=len(done), ces_done=int(ces[done].sum()),
@@ -88,21 +88,31 @@ def main(argv: list[str] | None = None) -> int:
         description="Shards done / total, CEs, throughput and ETA of a store.")
     parser.add_argument("--store", required=True, help="zarr store: a path or s3://... URL")
     parser.add_argument("--verify", action="store_true",
-                        help="re-read every done shard's chunks; report missing or unreadable "
-                             "chunks and *.partial leftovers, and mark those shards for redo")
+                        help="re-read every chunk of every done shard (generation and eval/), "
+                             "checking its checksum; rewrite damaged metadata from its copy, "
+                             "and mark damaged shards for redo")
     args = parser.parse_args(argv)
     store = CEStore.open(args.store)
     print(format_status(store, store_status(store)))
     if not args.verify:
-        return 0
-    repair = store.repair(decode=True, writers_may_run=False)
-    if not repair.problems:
+        damaged = {p: s for p, s in store.damaged_flags.items() if s}
+        for prefix, shards in damaged.items():
+            print(f"damaged {prefix}/done chunk(s) of shard(s) {shards}: run this with --verify, "
+                  f"or generate, to redo them", file=sys.stderr)
+        return 1 if damaged else 0
+    from cejobs.run.repair import repair
+
+    found = repair(store, decode=True)
+    for line in found.lines():
+        print(line)
+    if found.unchecked:
+        print(f"verify: checksums are not recorded in this store ({len(found.unchecked)} "
+              f"arrays, made by cejobs before {STORE_FORMAT}): their chunks were only "
+              f"decoded, so a changed byte may go unseen")
+    if not found.damaged:
         print(f"verify: all {int(store.done().sum())} done shards read back intact")
         return 0
-    for line in repair.lines():
-        print(line)
-    print(f"verify: {len(repair.cleared)} shard(s) marked not done: {repair.cleared}; "
-          f"run generate again to redo them", file=sys.stderr)
+    print(f"verify: {found.summary()}", file=sys.stderr)
     return 1
 
 

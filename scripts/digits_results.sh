@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The "Digits results" of docs/evaluation.md: CE stores of the digits test split made with the
 # shipped models by every method, plus CEs of the robust CEs (paper fig. 5), then one
-# evaluation of them all with the shipped classifiers.
+# evaluation of them all with the shipped classifiers: every metric with its 95% bootstrap
+# interval over sources, the comparisons between stores (paired per CE where seed and sources
+# agree: boltzmann, gaussian and boltzmann-exact; per source with robust; unpaired with
+# boltzmann-of-robust) and between classifiers (each against standard, on the same CEs), and
+# the tables of docs/evaluation.md "Digits results" ($OUT/eval/digits_table.md).
 #
 #   scripts/digits_results.sh [execution flags for generate and evaluate, e.g. --backend local]
 #
@@ -17,6 +21,8 @@
 #   MODEL        diffusion checkpoint [data/digits/diffusion.pt]
 #   ROBUST_CLASSIFIER  classifier of the robust method [data/digits/classifier-l2-eps1.0.pt]
 #   CLASSIFIERS  "NAME=CKPT ..." to evaluate with [the shipped data/digits/classifier-*.pt]
+# The generate flags are the stores' identities: keep them, or a re-run refuses the existing
+# stores. Every store uses the generate default seed (0), which is what makes them paired.
 # Re-running resumes every step. A small trial: STEPS=20 SOURCES=4 CEC_SOURCES=8 scripts/digits_results.sh --backend local
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +63,7 @@ echo "== $(date +%T) evaluate" >&2
 # fig. 5 on its own: CEs of clean data against CEs of robust CEs (the arrays are already there)
 "$PY" -m cejobs.evaluate --out "$OUT/eval-fig5" "${classifiers[@]}" "${extra[@]}" \
     --store "$OUT/boltzmann.zarr" --store "$OUT/boltzmann-of-robust.zarr" --no-progress
-# the table of docs/evaluation.md "Digits results", from summary.json
+# the tables of docs/evaluation.md "Digits results" (with intervals and comparisons), from summary.json
 "$PY" scripts/digits_results_table.py "$OUT/eval/summary.json" > "$OUT/eval/digits_table.md"
+"$PY" scripts/digits_results_table.py "$OUT/eval-fig5/summary.json" > "$OUT/eval-fig5/digits_table.md"
 echo "== $(date +%T) done; table: $OUT/eval/digits_table.md; report: $OUT/eval/report.md (fig. 5: $OUT/eval-fig5/figures/distance_histograms.png)" >&2

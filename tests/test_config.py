@@ -35,11 +35,14 @@ def test_indices_and_sources(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--sigma-ce", "0"], "--sigma-ce must be > 0"),
-    (["--steps", "0"], "--steps must be >= 1"),
+    (["--steps", "0"], r"--steps must be in \[1, 100000\]"),
+    (["--steps", "99999999999999999999"], r"--steps must be in \[1, 100000\]"),
+    (["--batch-size", "99999999999999999999"], "--batch-size is out of range"),
+    (["--w", "inf"], "--w must be a finite number"),
     (["--indices", "5:2"], "--indices must look like A:B"),
     (["--dataset", "mnist"], "unknown --dataset 'mnist'"),
     (["--device", "tpu"], "--device must be"),
-    (["--per-class", "0"], "--per-class must be >= 1"),
+    (["--per-class", "0"], r"--per-class must be in \[1, 10000\]"),
 ])
 def test_bad_values(argv, message):
     with pytest.raises(ConfigError, match=message):

@@ -4,6 +4,7 @@ equal a single pass, resume after SIGKILL, artifacts, and bad input refused befo
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,7 +125,9 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
 
     # sharded evaluation == the classifier on the whole store at once
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"cejobs_version", "stores"}
+    assert set(summary) == {"cejobs_version", "intervals", "stores"}
+    assert summary["intervals"] == {"method": "percentile", "unit": "source", "level": 0.95,
+                                    "n_resamples": 2000, "seed": 0}
     by_name = {s["name"]: s for s in summary["stores"]}
     assert set(by_name) == {"clean", "cec"}
     for label, path in (("clean", clean), ("cec", cec)):
@@ -135,16 +138,46 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
             np.testing.assert_allclose(g[f"eval/{name}/source_prob"][:], dsp, atol=1e-6)
             np.testing.assert_allclose(g[f"eval/{name}/ce_prob"][:], dcp, atol=1e-6)
             _assert_close(direct, by_name[label]["classifiers"][name])
-        assert set(by_name[label]) == {"name", "distances", "classifiers", "path", "info"}
+        assert set(by_name[label]) == {"name", "distances", "classifiers", "path", "info",
+                                       "comparisons"}
         assert set(by_name[label]["distances"]) == {"sources", "l2", "l0",
                                                     "ce_distance_classifier"}
     assert by_name["cec"]["info"]["dataset"] == "CEs of clean"
+    # CEs of CEs have other sources: compared unpaired, and the report says so
+    assert by_name["cec"]["comparisons"]["stores"] == []  # a pair is listed under its a
+    (pair,) = by_name["clean"]["comparisons"]["stores"]
+    assert (pair["a"], pair["b"], pair["pairing"], pair["sources"]) == ("clean", "cec",
+                                                                        "unpaired", [N, N])
+    l2 = pair["l2"]["mean"]
+    assert l2["difference"]["value"] == pytest.approx(l2["a"]["value"] - l2["b"]["value"])
+    assert l2["a"]["value"] == pytest.approx(
+        by_name["clean"]["distances"]["l2"]["different_class"]["mean"]["value"])
+    clf_rows = [c for s in summary["stores"] for c in s["comparisons"]["classifiers"]]
+    assert [(c["store"], c["classifier"], c["reference"], c["pairing"]) for c in clf_rows] == [
+        ("clean", "l2-eps1.0", "standard", "paired per CE"), ("cec", "l2-eps1.0", "standard", "paired per CE")]
+    psp = clf_rows[0]["prob_source_predicted"]
+    assert psp["a"]["value"] == pytest.approx(
+        by_name["clean"]["classifiers"]["l2-eps1.0"]["prob_source_predicted"]["value"])
+
+    # the docs' table script reads the same summary: intervals and the comparisons
+    import runpy
+
+    table = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "digits_results_table.py"))
+    text = table["tables"](summary)
+    iv = by_name["clean"]["classifiers"]["standard"]["ce_accuracy"]["different_class"]
+    assert table["ci"](iv, pct=True) in text
+    assert f"| clean - cec | unpaired ([{N}, {N}]) |" in text
+    assert "| clean | l2-eps1.0 - standard (paired per CE) |" in text
+    assert table["ci"]({"value": 0.25, "low": 0.125, "high": 0.5}, pct=True) == "25.0 [12.5, 50.0]"
 
     # tables, report, figures
-    for table in ("accuracy", "quartiles", "distances", "ce_distance_classifier"):
+    for table in ("accuracy", "quartiles", "distances", "ce_distance_classifier",
+                  "store_comparisons", "classifier_comparisons"):
         assert (out / "tables" / f"{table}.csv").stat().st_size > 50
     report = (out / "report.md").read_text()
-    for word in ("**clean**", "**cec**", "| clean | standard |", "| cec | l2-eps1.0 |"):
+    for word in ("**clean**", "**cec**", "| clean | standard |", "| cec | l2-eps1.0 |",
+                 "| clean | cec | unpaired |", "| clean | l2-eps1.0 | standard | paired per CE |",
+                 "95% percentile bootstrap intervals over sources"):
         assert word in report
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert pngs == ["accuracy_bars.png", "ce_grid-cec.png", "ce_grid-clean.png",

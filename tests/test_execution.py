@@ -12,6 +12,7 @@ from cejobs.backends.slurm.claims import ClaimBoard, Owner
 from cejobs.run.config import EvaluateConfig, GenerateConfig, parse_evaluate_args
 from cejobs.run.kinds import KINDS, pending_shards
 from cejobs.run.layout import Layout, generation_arrays
+from cejobs.run.repair import repair
 from cejobs.run.store import CEStore, create_eval_arrays, create_or_open
 from cejobs.run.tasks import ShardTask
 from cejobs.settings import ConfigError
@@ -65,12 +66,13 @@ def test_repair_policy(tmp_path):
     bad = store.chunk_path("ce/l0", 2)
     bad.write_bytes(b"garbage")  # shard 2: a chunk that does not decode
 
-    busy = store.repair(decode=True, writers_may_run=True)
-    assert busy.cleared == [0, 2] and sorted(busy.problems) == [0, 1, 2]
-    assert store.done().tolist() == [False, True, False]
-    quiet = store.repair(decode=False, writers_may_run=False)
-    assert quiet.cleared == [1] and store.done().tolist() == [False, False, False]
-    assert busy.lines()[0] == "verify: shard 0: missing chunk ce/l2/c/0/0"
+    cheap = repair(store)  # generate's start: presence only
+    assert cheap.generation == [0] and store.done().tolist() == [False, True, True]
+    full = repair(store, decode=True)  # status --verify: every chunk decoded
+    assert full.generation == [2] and store.done().tolist() == [False, True, False]
+    assert cheap.lines()[0] == "verify: shard 0: missing chunk ce/l2/c/0/0"
+    assert any(f.text.startswith("kept leftover ce/l2/c/1/0.0123abcd.partial")
+               for f in full.findings)  # a leftover is not damage
 
 
 def test_retry_rule_is_the_same_as_on_ray(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.run.store import CEStore
+from cejobs.run.store import LEFTOVER_AGE_S, CEStore
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 
@@ -84,7 +84,7 @@ def test_store_contract(reference, tiny_models):
     np.testing.assert_allclose(a["ce/l2"], np.sqrt((diff**2).sum(axis=(2, 3, 4))), rtol=1e-5)
     np.testing.assert_allclose(a["ce/l0"], (np.abs(diff) > 0.02).mean(axis=(2, 3, 4)), rtol=1e-6)
     attrs = dict(g.attrs)["cejobs"]
-    assert attrs["format"] == "cejobs-store-v1" and attrs["version"] == "0.1.0"
+    assert attrs["format"] == "cejobs-store-v2" and attrs["version"] == "0.1.0"
     assert attrs["layout"] == dict(num_sources=6, ces_per_source=20, num_classes=10,
                                    image_shape=[1, 8, 8], shard_size=2)
     ident = attrs["identity"]
@@ -222,14 +222,16 @@ def test_status_and_verify_then_resume_redoes_that_shard(reference, tiny_models,
     chunk.write_bytes(chunk.read_bytes()[:20])  # truncated by a crash mid-copy
     leftover = st.chunk_path("ce/l0", 2).with_name("0.0123abcd.partial")
     leftover.write_bytes(b"\0" * 8)
+    old = time.time() - LEFTOVER_AGE_S - 1  # a write that died long ago
+    os.utime(leftover, (old, old))
     r = run_module("cejobs.status", "--store", store, "--verify", check=False)
     assert r.returncode == 1
     assert "shard 1: unreadable chunk ce/x/c/1/0/0/0/0" in r.stdout
-    assert "shard 2: leftover ce/l0/c/2/0.0123abcd.partial" in r.stdout
-    assert "1/3 shards done" in run_module("cejobs.status", "--store", store).stdout
+    assert "removed leftover ce/l0/c/2/0.0123abcd.partial" in r.stdout
+    assert "2/3 shards done" in run_module("cejobs.status", "--store", store).stdout
     untouched = st.chunk_path("ce/x", 0).stat().st_mtime_ns
     r = run_module("cejobs.generate", *gen_args(tiny_models, store))
-    assert "in 2 shards" in r.stdout
+    assert "in 1 shards" in r.stdout
     assert st.chunk_path("ce/x", 0).stat().st_mtime_ns == untouched
     assert not leftover.exists()
     assert_same(arrays(reference), arrays(store))

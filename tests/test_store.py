@@ -1,5 +1,8 @@
 """The store: contract (names, shapes, dtypes, dims), one writer per chunk, refusal, verify."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 import zarr
@@ -7,7 +10,8 @@ import zarr
 from cejobs.method.methods import METHODS
 from cejobs.run.kinds import pending_shards
 from cejobs.run.layout import Layout, generation_arrays
-from cejobs.run.store import CEStore, StoreError, create_or_open
+from cejobs.run.repair import repair
+from cejobs.run.store import LEFTOVER_AGE_S, CEStore, StoreError, create_or_open
 from cejobs.run.tasks import ShardTask
 from cejobs.status import busy_time, store_status
 
@@ -60,7 +64,7 @@ def test_contract(tmp_path):
         assert arr.chunks[0] == (4 if dims[0] == "source" else 1), name
     attrs = dict(g.attrs)["cejobs"]
     assert attrs["identity"] == IDENTITY and attrs["layout"]["shard_size"] == 4
-    assert attrs["version"] and attrs["format"] == "cejobs-store-v1"
+    assert attrs["version"] and attrs["format"] == "cejobs-store-v2"
 
 
 def test_write_then_done_and_status(tmp_path):
@@ -102,16 +106,18 @@ def test_verify_finds_truncated_chunk_and_partial(tmp_path):
     store = _make(tmp_path / "s.zarr")
     for s in range(3):
         store.write_shard(s, _shard_data(s, float(s + 1)))
-    assert store.verify() == {}
+    assert not repair(store, decode=True).findings
     chunk = store.chunk_path("ce/x", 1)
     chunk.write_bytes(chunk.read_bytes()[:10])  # truncated
     leftover = store.chunk_path("ce/l2", 2).with_name("0.deadbeef.partial")
     leftover.write_bytes(b"xx")
-    problems = store.verify()
-    assert sorted(problems) == [1, 2]
-    assert "unreadable chunk ce/x/c/1/0/0/0/0" in problems[1][0]
-    assert "leftover ce/l2/c/2/0.deadbeef.partial" in problems[2][0]
-    store.write_shard(2, _shard_data(2, 3.0))  # rewriting a shard removes its leftovers
+    found = repair(store, decode=True)
+    assert found.generation == [1]  # a leftover is no damage: chunks are renamed in whole
+    assert "verify: shard 1: unreadable chunk ce/x/c/1/0/0/0/0" in found.lines()[0]
+    assert "kept leftover ce/l2/c/2/0.deadbeef.partial" in found.lines()[1]
+    old = time.time() - LEFTOVER_AGE_S - 1
+    os.utime(leftover, (old, old))
+    store.write_shard(2, _shard_data(2, 3.0))  # rewriting a shard removes its old leftovers
     assert not leftover.exists()
 
 

@@ -156,3 +156,38 @@ def test_module_entry_point_help(capsys):
         run(["classifier", "--help"])
     out = capsys.readouterr().out
     assert "--eps" in out and "(default: wrn-40-2)" in out and "(default: 100)" in out
+
+
+def test_paper_attack_radius_by_dataset():
+    """Tables 1-2 attack every model at one radius per dataset (eps = 0 included); other
+    datasets default to the model's own training eps."""
+    from cejobs.train.classifier import default_eval_eps
+
+    assert default_eval_eps("cifar10", 0.0) == [0.5] and default_eval_eps("cifar10", 2.0) == [0.5]
+    assert default_eval_eps("svhn", 0.0) == [0.2] and default_eval_eps("svhn", 0.4) == [0.2]
+    assert default_eval_eps("digits", 0.0) == [] and default_eval_eps("digits", 1.0) == [1.0]
+
+
+def test_diffusion_flips_cifar10_only_and_resumes_with_them(tmp_path):
+    from cejobs.train.diffusion import DiffusionTrainConfig, flip_batch, uses_flips
+
+    assert uses_flips(DiffusionTrainConfig(dataset="cifar10"))
+    assert not uses_flips(DiffusionTrainConfig(dataset="svhn"))
+    assert not uses_flips(DiffusionTrainConfig(dataset="digits"))
+    assert uses_flips(DiffusionTrainConfig(dataset="digits", flip="on"))
+    assert not uses_flips(DiffusionTrainConfig(dataset="cifar10", flip="off"))
+    x = torch.arange(64 * 2 * 3, dtype=torch.float32).reshape(64, 1, 2, 3)
+    assert flip_batch(x, 0, 7, False) is x
+    out = flip_batch(x, 0, 7, True)
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    assert ((out == x).flatten(1).all(1) ^ flipped).all()  # each image: itself or mirrored
+    assert 0 < int(flipped.sum()) < 64
+    assert torch.equal(out, flip_batch(x, 0, 7, True)) and not torch.equal(out, flip_batch(x, 0, 8, True))
+
+    _diffusion(tmp_path / "full.pt", 5, "--flip", "on")
+    _diffusion(tmp_path / "part.pt", 3, "--flip", "on")
+    _diffusion(tmp_path / "part.pt", 5, "--flip", "on", "--resume", str(tmp_path / "part.pt.resume.pt"))
+    _assert_same_weights(_state(tmp_path / "full.pt"), _state(tmp_path / "part.pt"))
+    _diffusion(tmp_path / "plain.pt", 5)  # the flips change the training
+    plain, flipped = _state(tmp_path / "plain.pt"), _state(tmp_path / "full.pt")
+    assert any(not torch.equal(plain[k], flipped[k]) for k in plain)

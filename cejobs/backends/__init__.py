@@ -25,4 +25,17 @@ def make_backend(resources) -> Backend:
     return getattr(importlib.import_module(module), name).from_config(resources)
 
 
-__all__ = ["BACKENDS", "Backend", "RunReport", "make_backend"]
+def make_ready_backend(resources) -> Backend:
+    """The backend, after the checks that need no store, made before a store is touched: the
+    device of a local run exists, and a backend's own `preflight()` (Ray: the given address
+    answers within a bounded time)."""
+    if resources.backend == "local":
+        from cejobs.devices import resolve_device
+
+        resolve_device(resources.device)
+    backend = make_backend(resources)
+    getattr(backend, "preflight", lambda: None)()
+    return backend
+
+
+__all__ = ["BACKENDS", "Backend", "RunReport", "make_backend", "make_ready_backend"]

@@ -10,8 +10,10 @@ import numpy as np
 
 from cejobs.eval import figures as F
 from cejobs.eval import metrics as M
+from cejobs.eval import paired as P
 from cejobs.eval import report as R
 from cejobs.eval.inputs import Classifier
+from cejobs.eval.intervals import N_RESAMPLES, SEED, Bootstrap
 from cejobs.run.layout import eval_prefix
 from cejobs.run.store import CEStore
 
@@ -34,7 +36,8 @@ def _info(store: CEStore, labels: dict[str, str]) -> dict:
 
 def evaluate_store(store: CEStore, label: str, classifiers: list[Classifier],
                    info: dict) -> tuple[R.StoreResult, dict]:
-    """Metrics of one store from its (N, K)-sized arrays; also the arrays the figures need."""
+    """Metrics of one store from its (N, K)-sized arrays; also the arrays the figures and the
+    comparisons need."""
     lay = store.layout
     n = lay.num_sources
     gen_valid = _rows_mask(store.done(), lay.shard_size, n)
@@ -43,7 +46,7 @@ def evaluate_store(store: CEStore, label: str, classifiers: list[Classifier],
     distances = M.distance_summary(y, t, l2, l0, gen_valid, num_classes=lay.num_classes,
                                    shard_size=lay.shard_size)
     d = M.mean_different_class_distance(y, t, l2)
-    per_clf, scatter = {}, {}
+    per_clf, scatter, probs = {}, {}, {}
     for c in classifiers:
         prefix = eval_prefix(c.name)
         valid = gen_valid & _rows_mask(store.done(prefix), lay.shard_size, n)
@@ -51,6 +54,7 @@ def evaluate_store(store: CEStore, label: str, classifiers: list[Classifier],
         cp = store.read_rows(f"{prefix}/ce_prob")
         s = M.summarize(y, t, l2, sp, cp, valid, shard_size=lay.shard_size)
         per_clf[c.name] = s
+        probs[c.name] = (sp, cp, valid)
         keep = valid & np.isfinite(d)
         yk = y[keep]
         conf = sp[keep][np.arange(len(yk)), yk]
@@ -58,8 +62,30 @@ def evaluate_store(store: CEStore, label: str, classifiers: list[Classifier],
         scatter[c.name] = (d[keep], conf, s["proximity_confidence"], correct)
     same = t == y[:, None]
     plots = {"hist": (l2[gen_valid], l0[gen_valid], same[gen_valid]), "scatter": scatter,
-             "grid_rows": np.flatnonzero(gen_valid)[:GRID_SOURCES]}
+             "grid_rows": np.flatnonzero(gen_valid)[:GRID_SOURCES], "probs": probs,
+             "arrays": P.StoreArrays(label, store.identity, store.read_rows("source/index"),
+                                     y, t, l2, l0, gen_valid)}
     return R.StoreResult(label, distances, per_clf, str(store.path), info), plots
+
+
+def comparisons(plots: list[dict], n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict:
+    """Every pair of stores (paired where their identities allow), and on each store every
+    classifier against the reference ("standard" if there is one, else the first)."""
+    arrays = [p["arrays"] for p in plots]
+    stores = [P.compare_stores(a, b, n_resamples, seed)
+              for i, a in enumerate(arrays) for b in arrays[i + 1:]]
+    clfs = []
+    for a, p in zip(arrays, plots):
+        names = list(p["probs"])
+        if len(names) < 2:
+            continue
+        ref = "standard" if "standard" in names else names[0]
+        rows = P.compare_classifiers(a.y, a.t, a.l2, {n: v[0] for n, v in p["probs"].items()},
+                                     {n: v[1] for n, v in p["probs"].items()},
+                                     {n: v[2] for n, v in p["probs"].items()}, ref,
+                                     n_resamples, seed)
+        clfs += [{"store": a.name, **r} for r in rows]
+    return {"stores": stores, "classifiers": clfs}
 
 
 def _file_label(label: str) -> str:
@@ -70,8 +96,11 @@ def draw_figures(out: Path, stores: list[CEStore], results: list[R.StoreResult],
                  plots: list[dict]) -> list[str]:
     """figures/*.png; returns their paths relative to `out`, for report.md."""
     fig_dir = out / "figures"
+    medians = {r.name: (r.distances["l2"]["different_class"]["q50"],
+                        r.distances["l0"]["different_class"]["q50"]) for r in results}
     paths = [F.plot_distance_histograms(fig_dir / "distance_histograms.png",
-                                        {r.name: p["hist"] for r, p in zip(results, plots)})]
+                                        {r.name: p["hist"] for r, p in zip(results, plots)},
+                                        medians=medians)]
     table = R.accuracy_table(results)
     if not table.empty:
         paths.append(F.plot_accuracy_bars(fig_dir / "accuracy_bars.png", table))
@@ -102,5 +131,9 @@ def assemble(out: Path, paths: list[Path], stores: list[CEStore], labels: list[s
         r, p = evaluate_store(store, label, classifiers, _info(store, by_path))
         results.append(r)
         plots.append(p)
+    comps = comparisons(plots)
+    for r in results:
+        r.comparisons = {"stores": [c for c in comps["stores"] if c["a"] == r.name],
+                         "classifiers": [c for c in comps["classifiers"] if c["store"] == r.name]}
     drawn = draw_figures(out, stores, results, plots) if figures else []
-    return results, R.write_outputs(out, results, tuple(drawn))
+    return results, R.write_outputs(out, results, tuple(drawn), Bootstrap(0).settings())

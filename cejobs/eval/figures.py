@@ -26,15 +26,30 @@ def _save(fig: Figure, path) -> Path:
     return path
 
 
+def _v(x):
+    """The value of an interval {"value", "low", "high"}, or x itself."""
+    return x.get("value") if isinstance(x, dict) else x
+
+
+def _ci(x, fmt: str = "{:.2f}") -> str:
+    """ " [low, high]" of an interval, or "" when it has none."""
+    if not isinstance(x, dict) or x.get("low") is None:
+        return ""
+    return f" [{fmt.format(x['low'])}, {fmt.format(x['high'])}]"
+
+
 def _finite(a) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64).ravel()
     return a[np.isfinite(a)]
 
 
-def plot_distance_histograms(path, stores: dict, bins: int = 40) -> Path:
+def plot_distance_histograms(path, stores: dict, bins: int = 40, medians: dict | None = None
+                             ) -> Path:
     """Paper figs. 2 and 5: density histograms of the L2 and L0 distances of different-class
     CEs, one curve per store, on shared bins. stores: label -> (l2, l0, same_class_mask),
-    arrays of one shape (e.g. (N, K))."""
+    arrays of one shape (e.g. (N, K)). medians (optional): label -> (L2, L0) median intervals
+    {"value", "low", "high"}, drawn as a point with an error bar above the curves and
+    written in the legend."""
     fig = Figure(figsize=(11, 4.2 + 0.2 * len(stores)), layout="constrained")
     axes = fig.subplots(1, 2)
     titles = (("L2 distance", "L2 = ||x - x_CE||_2 (image space)"),
@@ -44,14 +59,26 @@ def plot_distance_histograms(path, stores: dict, bins: int = 40) -> Path:
                 for label, v in stores.items()}
         pooled = np.concatenate([d for d in data.values()] + [np.zeros(0)])
         edges = np.histogram_bin_edges(pooled if pooled.size else [0.0, 1.0], bins=bins)
+        marks = []
         for i, (label, d) in enumerate(data.items()):
             color = f"C{i % 10}"
             if d.size == 0:
                 ax.plot([], [], color=color, label=f"{label} (no different-class CEs)")
                 continue
-            leg = f"{label} (median {np.median(d):.3g}, n={d.size})"
+            med = (medians or {}).get(label, (None, None))[col]
+            leg = f"{label} (median {np.median(d):.3g}{_ci(med, '{:.3g}')}, n={d.size})"
             ax.hist(d, bins=edges, density=True, histtype="stepfilled", alpha=0.25, color=color)
-            ax.hist(d, bins=edges, density=True, histtype="step", lw=1.6, color=color, label=leg)
+            ax.hist(d, bins=edges, density=True, histtype="step", lw=1.6, color=color,
+                    label=leg)
+            if _ci(med):
+                marks.append((i, color, med))
+        top = ax.get_ylim()[1]
+        for i, color, med in marks:  # the medians' intervals, above the curves
+            ax.errorbar([med["value"]], [top * (1.03 + 0.05 * i)],
+                        xerr=[[med["value"] - med["low"]], [med["high"] - med["value"]]],
+                        fmt="o", ms=3, color=color, capsize=3, lw=1.2)
+        if marks:
+            ax.set_ylim(0, top * (1.08 + 0.05 * len(data)))
         ax.set_title(f"Different-class CEs: {title}", fontsize=11)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
@@ -65,7 +92,8 @@ def plot_confidence_vs_distance(path, per_classifier: dict, ncols: int = 3) -> P
     """Paper fig. 3: confidence f(x)[y] against the mean L2 of the source's different-class
     CEs, one panel per classifier, with the least-squares line and r^2 in the title.
     per_classifier: name -> (d, conf, fit) or (d, conf, fit, correct), fit being
-    metrics.linear_fit's dict; `correct` (bool) colours misclassified sources apart."""
+    metrics.linear_fit's dict or metrics.summarize's proximity_confidence (intervals: r^2's
+    goes into the title); `correct` (bool) colours misclassified sources apart."""
     n = max(len(per_classifier), 1)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
@@ -82,12 +110,13 @@ def plot_confidence_vs_distance(path, per_classifier: dict, ncols: int = 3) -> P
         if (~correct).any():
             ax.scatter(d[~correct], conf[~correct], s=size, alpha=0.6, color="C3", lw=0,
                        label="misclassified")
-        if fit.get("slope") is not None and d.size:
+        slope, intercept, r2v = _v(fit.get("slope")), _v(fit.get("intercept")), _v(fit.get("r2"))
+        if slope is not None and d.size:
             xs = np.array([d.min(), d.max()])
-            ax.plot(xs, fit["intercept"] + fit["slope"] * xs, color="k", lw=1.5,
-                    label=f"fit: slope {fit['slope']:.3g}")
-        r2 = "n/a" if fit.get("r2") is None else f"{fit['r2']:.2f}"
-        ax.set_title(f"{name}: $r^2$ = {r2} (n={fit.get('n', d.size)})", fontsize=11)
+            ax.plot(xs, intercept + slope * xs, color="k", lw=1.5,
+                    label=f"fit: slope {slope:.3g}{_ci(fit.get('slope'), '{:.3g}')}")
+        r2 = "n/a" if r2v is None else f"{r2v:.2f}{_ci(fit.get('r2'))}"
+        ax.set_title(f"{name}: $r^2$ = {r2} (n={fit.get('n', d.size)})", fontsize=10)
         ax.set_xlabel("mean L2 of different-class CEs")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
@@ -99,12 +128,22 @@ def plot_confidence_vs_distance(path, per_classifier: dict, ncols: int = 3) -> P
     return _save(fig, path)
 
 
+def _yerr(df: pd.DataFrame, col: str, vals: np.ndarray) -> np.ndarray | None:
+    """(2, n) distances from the bar (in %) to its interval, from the columns col_low and
+    col_high; None when the table has none."""
+    if f"{col}_low" not in df:
+        return None
+    low = 100 * pd.to_numeric(df[f"{col}_low"], errors="coerce").to_numpy(float)
+    high = 100 * pd.to_numeric(df[f"{col}_high"], errors="coerce").to_numpy(float)
+    return np.nan_to_num(np.stack([vals - low, high - vals]).clip(min=0))
+
+
 def plot_accuracy_bars(path, table) -> Path:
     """Paper fig. 4: grouped bars of clean, same-class CE and different-class CE accuracy per
     classifier, and a second panel of probability source predicted; one row of panels per
     store. table: a DataFrame (or records) with report.accuracy_table's columns classifier,
     clean_accuracy, ce_accuracy_same, ce_accuracy_different, prob_source_predicted (and
-    store)."""
+    store), and with NAME_low / NAME_high columns, error bars of those intervals."""
     df = pd.DataFrame(table)
     stores = list(dict.fromkeys(df["store"])) if "store" in df else [None]
     width_n = max(len(df) if s is None else int((df["store"] == s).sum()) for s in stores)
@@ -120,11 +159,14 @@ def plot_accuracy_bars(path, table) -> Path:
         for i, (col, name) in enumerate(series):
             vals = 100 * pd.to_numeric(sub[col], errors="coerce").to_numpy(float)
             bars = ax.bar(x + (i - 1) * width, np.nan_to_num(vals), width, label=name,
-                          color=f"C{i}")
+                          color=f"C{i}", yerr=_yerr(sub, col, vals), capsize=2,
+                          error_kw={"lw": 0.8})
             ax.bar_label(bars, labels=[("n/a" if np.isnan(v) else f"{v:.0f}") for v in vals],
                          fontsize=7.5, padding=1)
         vals = 100 * pd.to_numeric(sub["prob_source_predicted"], errors="coerce").to_numpy(float)
-        bars = ax2.bar(x, np.nan_to_num(vals), 0.6, color="C4")
+        bars = ax2.bar(x, np.nan_to_num(vals), 0.6, color="C4",
+                       yerr=_yerr(sub, "prob_source_predicted", vals), capsize=3,
+                       error_kw={"lw": 0.8})
         ax2.bar_label(bars, labels=[("n/a" if np.isnan(v) else f"{v:.1f}") for v in vals],
                       fontsize=8, padding=1)
         where = f"{store}: " if store is not None and len(stores) > 1 else ""

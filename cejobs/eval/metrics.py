@@ -8,13 +8,17 @@ order k = target * per_class + replicate), C classes.
 - valid (N,) bool, optional: the sources that count (e.g. shards that are done). None = all.
 
 Every result is a JSON-serialisable dict of plain floats / ints / lists. A value that is
-undefined (an empty set of CEs, a fit with zero variance) is None, never NaN. argmax and argmin
+undefined (an empty set of CEs, a fit with zero variance) is None, never NaN. `summarize` and
+`distance_summary` report each number as {"value", "low", "high"}: the point estimate and its
+bootstrap interval over sources (cejobs.eval.intervals). argmax and argmin
 break ties towards the lowest index (numpy's convention).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from cejobs.eval.intervals import Bootstrap
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # reported with the mean; np.quantile "linear"
 GROUPS = ("same_class", "different_class", "all")
@@ -170,18 +174,25 @@ def proximity_confidence(source_y, ce_target, ce_l2, source_prob, valid=None) ->
     return {**linear_fit(d[keep], conf), "quartiles": quartile_bins(d[keep], correct, conf)}
 
 
+def _ce_distance_hits(y, t, l2, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per source: (its CE-distance prediction is right, it has CEs for every class)."""
+    onehot = t[:, :, None] == np.arange(num_classes)  # (n, K, C)
+    count = onehot.sum(axis=1)
+    total = (onehot * np.asarray(l2, dtype=np.float64)[:, :, None]).sum(axis=1)
+    full = (count > 0).all(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pred = np.argmin(np.where(count > 0, total / np.maximum(count, 1), np.inf), axis=1)
+    return full & (pred == y), full
+
+
 def ce_distance_classifier(source_y, ce_target, ce_l2, num_classes: int, valid=None) -> dict:
     """Predict, for each source with CEs for every class, argmin_c of the mean L2 of its CEs
     with target c (same-class CEs included). {"accuracy", "n": sources with CEs for all
     classes}. Meaningful only for stores made from a test split."""
     y, t = _check(source_y, ce_target, ("ce_l2", ce_l2, np.shape(ce_target)))
     v = _valid(len(y), valid)
-    onehot = t[v][:, :, None] == np.arange(num_classes)  # (n, K, C)
-    count = onehot.sum(axis=1)
-    total = (onehot * np.asarray(ce_l2, dtype=np.float64)[v][:, :, None]).sum(axis=1)
-    full = (count > 0).all(axis=1)
-    pred = np.argmin(total[full] / count[full], axis=1)
-    return {"accuracy": _fraction(pred == y[v][full]), "n": int(full.sum())}
+    hit, full = _ce_distance_hits(y[v], t[v], np.asarray(ce_l2)[v], num_classes)
+    return {"accuracy": _fraction(hit[full]), "n": int(full.sum())}
 
 
 def quantile_summary(values) -> dict:
@@ -194,31 +205,57 @@ def quantile_summary(values) -> dict:
     return out
 
 
+def _group_values(arr, mask) -> np.ndarray:
+    """(n, K) float64 with NaN where a CE is outside the group or not finite."""
+    a = np.asarray(arr, dtype=np.float64)
+    return np.where(mask & np.isfinite(a), a, np.nan)
+
+
+def quantile_intervals(values, boot: Bootstrap) -> dict:
+    """quantile_summary of the finite values of `values` (n, K), NaN = not counted, each
+    statistic as an interval over resampled sources: {"n", "mean": {value, low, high}, ...}."""
+    point = quantile_summary(values)
+    means, qs = boot.quantiles(values, QUANTILES)
+    out = {"n": point["n"], "mean": boot.interval(point["mean"], means)}
+    for j, q in enumerate(QUANTILES):
+        key = f"q{round(q * 100):02d}"
+        out[key] = boot.interval(point[key], qs[:, j])
+    return out
+
+
 def distance_summary(source_y, ce_target, ce_l2, ce_l0, valid=None, *,
-                     num_classes: int | None = None, shard_size: int | None = None) -> dict:
+                     num_classes: int | None = None, shard_size: int | None = None,
+                     boot: Bootstrap | None = None) -> dict:
     """Per-store metrics that need no classifier: L2 and L0 quantiles for same-class,
-    different-class and all CEs, and the CE-distance classifier. num_classes defaults to
-    1 + the largest label or target seen."""
+    different-class and all CEs, and the CE-distance classifier, each with its interval over
+    the valid sources (`boot`, default Bootstrap(number of valid sources)). num_classes
+    defaults to 1 + the largest label or target seen."""
     y, t = _check(source_y, ce_target, ("ce_l2", ce_l2, np.shape(ce_target)),
                   ("ce_l0", ce_l0, np.shape(ce_target)))
     v = _valid(len(y), valid)
     if num_classes is None:
         num_classes = int(max(y.max(initial=-1), t.max(initial=-1))) + 1
+    boot = boot or Bootstrap(int(v.sum()))
     same = t[v] == y[v][:, None]
     masks = {"same_class": same, "different_class": ~same, "all": np.ones_like(same)}
     out = {"sources": coverage(len(y), v, shard_size)}
     for name, arr in (("l2", ce_l2), ("l0", ce_l0)):
         a = np.asarray(arr)[v]
-        out[name] = {g: quantile_summary(a[m]) for g, m in masks.items()}
-    out["ce_distance_classifier"] = ce_distance_classifier(y, t, ce_l2, num_classes, v)
+        out[name] = {g: quantile_intervals(_group_values(a, m), boot) for g, m in masks.items()}
+    cdc = ce_distance_classifier(y, t, ce_l2, num_classes, v)
+    hit, full = _ce_distance_hits(y[v], t[v], np.asarray(ce_l2)[v], num_classes)
+    out["ce_distance_classifier"] = {"accuracy": boot.interval(cdc["accuracy"],
+                                                               boot.ratio(hit, full)),
+                                     "n": cdc["n"]}
     return out
 
 
 def summarize(source_y, ce_target, ce_l2, source_prob, ce_prob, valid=None, *,
-              shard_size: int | None = None) -> dict:
+              shard_size: int | None = None, boot: Bootstrap | None = None) -> dict:
     """Every classifier metric for one (store, classifier), as a JSON-serialisable dict:
     sources (coverage), clean_accuracy, ce_accuracy, prob_source_predicted,
-    proximity_confidence. The per-store distances are distance_summary's."""
+    proximity_confidence; each number with its interval over the valid sources (`boot`,
+    default Bootstrap(number of valid sources)). The per-store distances are distance_summary's."""
     y, t = _check(source_y, ce_target, ("ce_l2", ce_l2, np.shape(ce_target)),
                   ("source_prob", source_prob, np.shape(source_y)),
                   ("ce_prob", ce_prob, np.shape(ce_target)))
@@ -226,10 +263,46 @@ def summarize(source_y, ce_target, ce_l2, source_prob, ce_prob, valid=None, *,
         raise ValueError(f"ce_prob has {np.shape(ce_prob)[-1]} classes, "
                          f"source_prob {np.shape(source_prob)[-1]}")
     v = _valid(len(y), valid)
+    boot = boot or Bootstrap(int(v.sum()))
+    yv, tv = y[v], t[v]
+    sp, cp = np.asarray(source_prob, dtype=np.float64)[v], np.asarray(ce_prob)[v]
+    src_ok = np.argmax(sp, axis=-1) == yv
+    hit = np.argmax(cp, axis=-1) == tv
+    same = tv == yv[:, None]
+    ones = np.ones(len(yv))
+    acc = ce_accuracy(y, t, ce_prob, v)
+    psp = prob_source_predicted(y, t, source_prob, ce_prob, v)
+    sel = ~same & src_ok[:, None]
+    said_source = np.argmax(cp, axis=-1) == yv[:, None]
+    pc = proximity_confidence(y, t, ce_l2, source_prob, v)
+    d = mean_different_class_distance(yv, tv, np.asarray(ce_l2)[v])
+    keep = np.isfinite(d)
+    conf = sp[np.arange(len(yv)), yv]
+    reps = boot.fit(d[keep], conf[keep], keep)
+    q = pc["quartiles"]
+    if q["edges"] is not None:
+        b = np.searchsorted(np.asarray(q["edges"][1:4]), np.where(keep, d, np.inf), side="right")
+        in_bin = [(b == j) & keep for j in range(4)]
+    else:
+        in_bin = [np.zeros(len(yv), dtype=bool)] * 4
+    quartiles = {"edges": q["edges"], "count": q["count"],
+                 "accuracy": [boot.interval(a, boot.ratio(m & src_ok, m))
+                              for a, m in zip(q["accuracy"], in_bin)],
+                 "mean_confidence": [boot.interval(c, boot.ratio(np.where(m, conf, 0.0), m))
+                                     for c, m in zip(q["mean_confidence"], in_bin)]}
     return {
         "sources": coverage(len(y), v, shard_size),
-        "clean_accuracy": clean_accuracy(y, source_prob, v),
-        "ce_accuracy": ce_accuracy(y, t, ce_prob, v),
-        "prob_source_predicted": prob_source_predicted(y, t, source_prob, ce_prob, v),
-        "proximity_confidence": proximity_confidence(y, t, ce_l2, source_prob, v),
+        "clean_accuracy": boot.interval(clean_accuracy(y, source_prob, v),
+                                        boot.ratio(src_ok, ones)),
+        "ce_accuracy": {
+            "same_class": boot.interval(acc["same_class"],
+                                        boot.ratio((hit & same).sum(1), same.sum(1))),
+            "different_class": boot.interval(acc["different_class"],
+                                             boot.ratio((hit & ~same).sum(1), (~same).sum(1))),
+            "n_same_class": acc["n_same_class"], "n_different_class": acc["n_different_class"]},
+        "prob_source_predicted": {**boot.interval(psp["value"], boot.ratio(
+            (said_source & sel).sum(1), sel.sum(1))), "n": psp["n"]},
+        "proximity_confidence": {"n": pc["n"], **{k: boot.interval(pc[k], reps[k]) for k in
+                                                  ("slope", "intercept", "r2")},
+                                 "quartiles": quartiles},
     }

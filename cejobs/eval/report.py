@@ -2,9 +2,13 @@
 
 The input is one `StoreResult` per store:
 - `distances`: `metrics.distance_summary(...)` of the store (needs no classifier);
-- `classifiers`: classifier name -> `metrics.summarize(...)` of that classifier on the store.
+- `classifiers`: classifier name -> `metrics.summarize(...)` of that classifier on the store;
+and, in `comparisons`, those of `paired` (this store against later ones, and the classifiers
+on this store).
 Each summary carries its own "sources" coverage, so a partially evaluated store or classifier
-(a `valid` mask) is reported as such.
+(a `valid` mask) is reported as such. Every metric is an interval {"value", "low", "high"}
+(cejobs.eval.intervals); a table has the columns NAME, NAME_low and NAME_high for it, and
+report.md prints it as "value [low, high]".
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ class StoreResult:
     classifiers: dict[str, dict] = field(default_factory=dict)  # name -> metrics.summarize(...)
     path: str = ""  # where the store is, for the record
     info: dict = field(default_factory=dict)  # e.g. {"method": "boltzmann", "split": "train"}
+    # paired.compare_stores of this store (as a) with each later one, and paired.compare_
+    # classifiers on this store: {"stores": [...], "classifiers": [...]}
+    comparisons: dict = field(default_factory=dict)
 
 
 def _ranges(ids: list[int]) -> str:
@@ -51,12 +58,25 @@ def coverage_note(sources: dict) -> str | None:
     return note
 
 
-def summary_dict(results: list[StoreResult]) -> dict:
+def summary_dict(results: list[StoreResult], intervals: dict | None = None) -> dict:
     """The content of summary.json."""
     names = [r.name for r in results]
     if len(set(names)) != len(names):
         raise ValueError(f"store names must be unique, got {names}")
-    return {"cejobs_version": __version__, "stores": [asdict(r) for r in results]}
+    return {"cejobs_version": __version__, "intervals": intervals or {},
+            "stores": [asdict(r) for r in results]}
+
+
+def all_comparisons(results: list[StoreResult]) -> dict:
+    """The comparisons of every store, gathered: {"stores": [...], "classifiers": [...]}."""
+    return {k: [c for r in results for c in r.comparisons.get(k, [])]
+            for k in ("stores", "classifiers")}
+
+
+def _iv(name: str, iv: dict | None) -> dict:
+    """An interval as three columns: name, name_low, name_high."""
+    iv = iv or {}
+    return {name: iv.get("value"), f"{name}_low": iv.get("low"), f"{name}_high": iv.get("high")}
 
 
 def accuracy_table(results: list[StoreResult]) -> pd.DataFrame:
@@ -68,11 +88,12 @@ def accuracy_table(results: list[StoreResult]) -> pd.DataFrame:
             rows.append({
                 "store": r.name, "classifier": clf,
                 "sources": s["sources"]["total"], "evaluated": s["sources"]["evaluated"],
-                "clean_accuracy": s["clean_accuracy"],
-                "ce_accuracy_same": acc["same_class"],
-                "ce_accuracy_different": acc["different_class"],
-                "prob_source_predicted": psp["value"],
-                "r2": pc["r2"], "slope": pc["slope"], "intercept": pc["intercept"],
+                **_iv("clean_accuracy", s["clean_accuracy"]),
+                **_iv("ce_accuracy_same", acc["same_class"]),
+                **_iv("ce_accuracy_different", acc["different_class"]),
+                **_iv("prob_source_predicted", psp),
+                **_iv("r2", pc["r2"]), **_iv("slope", pc["slope"]),
+                **_iv("intercept", pc["intercept"]),
                 "n_same_class": acc["n_same_class"], "n_different_class": acc["n_different_class"],
                 "n_prob_source": psp["n"], "n_fit": pc["n"],
             })
@@ -90,24 +111,60 @@ def quartile_table(results: list[StoreResult]) -> pd.DataFrame:
                     "store": r.name, "classifier": clf, "quartile": j + 1,
                     "d_low": q["edges"][j] if q["edges"] else None,
                     "d_high": q["edges"][j + 1] if q["edges"] else None,
-                    "count": q["count"][j], "accuracy": q["accuracy"][j],
-                    "mean_confidence": q["mean_confidence"][j],
+                    "count": q["count"][j], **_iv("accuracy", q["accuracy"][j]),
+                    **_iv("mean_confidence", q["mean_confidence"][j]),
                 })
     return pd.DataFrame(rows)
 
 
 def distance_table(results: list[StoreResult]) -> pd.DataFrame:
     """One row per (store, distance, CE group) with n, mean and quantiles."""
-    rows = [{"store": r.name, "distance": dist, "ces": group, **r.distances[dist][group]}
-            for r in results for dist in ("l2", "l0")
-            for group in ("different_class", "same_class", "all")]
+    rows = []
+    for r in results:
+        for dist in ("l2", "l0"):
+            for group in ("different_class", "same_class", "all"):
+                q = r.distances[dist][group]
+                row = {"store": r.name, "distance": dist, "ces": group, "n": q["n"]}
+                for k, v in q.items():
+                    if k != "n":
+                        row.update(_iv(k, v))
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
 def ce_distance_table(results: list[StoreResult]) -> pd.DataFrame:
     """One row per store: the CE-distance classifier's accuracy and its number of sources."""
     return pd.DataFrame([{"store": r.name, "split": r.info.get("split"),
-                          **r.distances["ce_distance_classifier"]} for r in results])
+                          **_iv("accuracy", r.distances["ce_distance_classifier"]["accuracy"]),
+                          "n": r.distances["ce_distance_classifier"]["n"]} for r in results])
+
+
+def store_comparison_table(results: list[StoreResult]) -> pd.DataFrame:
+    """One row per (pair of stores, distance, statistic): a, b and a - b with intervals."""
+    rows = []
+    for c in all_comparisons(results)["stores"]:
+        for dist in ("l2", "l0"):
+            for stat in ("mean", "median"):
+                x = c[dist][stat]
+                rows.append({"a": c["a"], "b": c["b"], "pairing": c["pairing"],
+                             "sources": c["sources"], "distance": dist, "statistic": stat,
+                             **_iv("a_value", x["a"]), **_iv("b_value", x["b"]),
+                             **_iv("difference", x["difference"])})
+    return pd.DataFrame(rows, columns=None if rows else ["a", "b", "pairing"])
+
+
+def classifier_comparison_table(results: list[StoreResult]) -> pd.DataFrame:
+    """One row per (store, classifier, metric): classifier, reference and their difference."""
+    rows = []
+    for c in all_comparisons(results)["classifiers"]:
+        for metric in ("prob_source_predicted", "ce_accuracy_different", "r2"):
+            x = c[metric]
+            rows.append({"store": c["store"], "classifier": c["classifier"],
+                         "reference": c["reference"], "pairing": c["pairing"],
+                         "sources": c["sources"], "metric": metric,
+                         **_iv("classifier_value", x["a"]), **_iv("reference_value", x["b"]),
+                         **_iv("difference", x["difference"])})
+    return pd.DataFrame(rows, columns=None if rows else ["store", "classifier", "reference"])
 
 
 def _fmt(x, pct: bool = False) -> str:
@@ -119,22 +176,65 @@ def _fmt(x, pct: bool = False) -> str:
 
 
 def _markdown(df: pd.DataFrame, pct: tuple[str, ...] = ()) -> str:
+    """A markdown table; the columns NAME, NAME_low, NAME_high become one "v [low, high]"."""
     if df.empty:
         return "(none)\n"
-    cells = [[_fmt(None if pd.isna(v) else v, c in pct) for c, v in row.items()]
-             for _, row in df.astype(object).iterrows()]
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    df = df.astype(object).where(pd.notna(df), None)
+    cols = [c for c in df.columns if not (c.endswith(("_low", "_high"))
+                                          and c.rsplit("_", 1)[0] in df.columns)]
+    cells = []
+    for _, row in df.iterrows():
+        line = []
+        for c in cols:
+            text = _fmt(row[c], c in pct)
+            if f"{c}_low" in df.columns and row[c] is not None:
+                lo, hi = _fmt(row[f"{c}_low"], c in pct), _fmt(row[f"{c}_high"], c in pct)
+                text += f" [{lo.rstrip('%')}, {hi}]"
+            line.append(text)
+        cells.append(line)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
 
 
 _PCT = ("clean_accuracy", "ce_accuracy_same", "ce_accuracy_different", "prob_source_predicted",
-        "accuracy")
+        "accuracy", "classifier_value", "reference_value")
 
 
-def markdown_report(results: list[StoreResult], figures: tuple[str, ...] = ()) -> str:
-    """report.md: every store and classifier, partial coverage, tables, and the figures
-    (paths relative to the output folder)."""
-    out = ["# cejobs evaluation report", "", f"cejobs {__version__}.", "", "## Stores", ""]
+def _with_intervals(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    return df[[c for c in df.columns if c in cols or c.rsplit("_", 1)[0] in cols
+               and c.endswith(("_low", "_high"))]]
+
+
+def _intervals_note(intervals: dict) -> str:
+    if not intervals:
+        return "Brackets: 95% intervals."
+    return (f"Brackets: {100 * intervals['level']:g}% {intervals['method']} bootstrap intervals "
+            f"over sources ({intervals['n_resamples']} resamples, seed {intervals['seed']}; all "
+            f"CEs of a drawn source are drawn with it).")
+
+
+def _comparison_sections(results: list[StoreResult]) -> list[str]:
+    out = ["## Comparisons between stores", "",
+           "a - b of the mean and median distance of different-class CEs. **paired per CE**: "
+           "same dataset, split, seed and sources, and the same CE targets, so CE k of source i "
+           "has the same noise in both stores (it depends only on the seed and the CE); "
+           "sources are resampled jointly. **paired per source**: same sources, "
+           "other CE layouts. **unpaired**: each store resampled on its own.", "",
+           _markdown(store_comparison_table(results)),
+           "## Comparisons between classifiers", "",
+           "Each classifier minus the reference on the same CEs (paired per CE, sources "
+           "resampled jointly).", "",
+           _markdown(classifier_comparison_table(results),
+                     ("classifier_value", "reference_value", "difference"))]
+    return out
+
+
+def markdown_report(results: list[StoreResult], figures: tuple[str, ...] = (),
+                    intervals: dict | None = None) -> str:
+    """report.md: every store and classifier, partial coverage, tables with intervals, the
+    comparisons, and the figures (paths relative to the output folder)."""
+    out = ["# cejobs evaluation report", "", f"cejobs {__version__}. {_intervals_note(intervals)}",
+           "", "## Stores", ""]
     for r in results:
         extra = ", ".join(f"{k}={v}" for k, v in r.info.items())
         note = coverage_note(r.distances["sources"]) or f"{r.distances['sources']['total']} sources"
@@ -154,21 +254,28 @@ def markdown_report(results: list[StoreResult], figures: tuple[str, ...] = ()) -
             "class CEs of correctly classified sources predicted as the source label. r2 and "
             "slope: least-squares fit of confidence f(x)[y] on the mean L2 of the source's "
             "different-class CEs.", "",
-            _markdown(acc[main] if not acc.empty else acc, _PCT),
+            _markdown(_with_intervals(acc, main) if not acc.empty else acc, _PCT),
             "## Accuracy by distance quartile", "",
-            "Sources binned by the mean L2 of their different-class CEs (quartile 1 = closest).",
+            "Sources binned by the mean L2 of their different-class CEs (quartile 1 = closest); "
+            "the intervals hold the edges fixed.",
             "", _markdown(quartile_table(results), _PCT),
             "## CE-distance classifier", "",
             "Predicts the class whose CEs are closest on average; meaningful only for stores "
             "made from a test split.", "", _markdown(ce_distance_table(results), _PCT),
             "## Distance distributions", "", _markdown(distance_table(results))]
+    out += _comparison_sections(results)
     if figures:
         out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})\n" for f in figures]
     return "\n".join(out)
 
 
+def _value(x):
+    return x.get("value") if isinstance(x, dict) else x
+
+
 def format_table(results: list[StoreResult]) -> str:
-    """A short plain-text table for the terminal, one line per (store, classifier)."""
+    """A short plain-text table for the terminal, one line per (store, classifier); point
+    estimates only (report.md has the intervals)."""
     head = ("store", "classifier", "sources", "clean", "CE same", "CE diff", "P(src)", "r2")
     rows = [head]
     for r in results:
@@ -177,10 +284,11 @@ def format_table(results: list[StoreResult]) -> str:
             n = str(src["total"]) if src["evaluated"] == src["total"] else \
                 f"{src['evaluated']}/{src['total']}*"
             a = s["ce_accuracy"]
-            rows.append((r.name, clf, n, _fmt(s["clean_accuracy"], True),
-                         _fmt(a["same_class"], True), _fmt(a["different_class"], True),
-                         _fmt(s["prob_source_predicted"]["value"], True),
-                         _fmt(s["proximity_confidence"]["r2"])))
+            rows.append((r.name, clf, n, _fmt(_value(s["clean_accuracy"]), True),
+                         _fmt(_value(a["same_class"]), True),
+                         _fmt(_value(a["different_class"]), True),
+                         _fmt(_value(s["prob_source_predicted"]), True),
+                         _fmt(_value(s["proximity_confidence"]["r2"]))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(row, widths))).rstrip() for row in rows]
@@ -193,19 +301,23 @@ def tables(results: list[StoreResult]) -> dict[str, pd.DataFrame]:
     """The tables of tables/*.csv, by name."""
     return {"accuracy": accuracy_table(results), "quartiles": quartile_table(results),
             "distances": distance_table(results),
-            "ce_distance_classifier": ce_distance_table(results)}
+            "ce_distance_classifier": ce_distance_table(results),
+            "store_comparisons": store_comparison_table(results),
+            "classifier_comparisons": classifier_comparison_table(results)}
 
 
-def write_outputs(out_dir, results: list[StoreResult],
-                  figures: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Write summary.json, tables/{accuracy,quartiles,distances,ce_distance_classifier}.csv
-    and report.md under out_dir; return their paths by name."""
+def write_outputs(out_dir, results: list[StoreResult], figures: tuple[str, ...] = (),
+                  intervals: dict | None = None) -> dict[str, Path]:
+    """Write summary.json, tables/{accuracy,quartiles,distances,ce_distance_classifier,
+    store_comparisons,classifier_comparisons}.csv and report.md under out_dir; return their
+    paths by name."""
     out = Path(out_dir)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "report": out / "report.md"}
-    paths["summary"].write_text(json.dumps(summary_dict(results), indent=2, allow_nan=False))
+    paths["summary"].write_text(json.dumps(summary_dict(results, intervals), indent=2,
+                                           allow_nan=False))
     for name, table in tables(results).items():
         paths[name] = out / "tables" / f"{name}.csv"
         table.to_csv(paths[name], index=False)
-    paths["report"].write_text(markdown_report(results, figures))
+    paths["report"].write_text(markdown_report(results, figures, intervals))
     return paths

@@ -58,8 +58,14 @@ class EvaluateWorker:
         if not todo:
             return ShardResult(shard, seconds=time.perf_counter() - t0, worker=worker_name())
         rows = self.store.layout.rows(shard)
-        source_x = self.store.read_rows("source/x", rows)
-        ce_x = self.store.read_rows("ce/x", rows)  # (n, K, C, H, W), float32 or float16
+        try:
+            source_x = self.store.read_rows("source/x", rows)
+            ce_x = self.store.read_rows("ce/x", rows)  # (n, K, C, H, W), float32 or float16
+        except Exception as e:  # noqa: BLE001 - damaged generation chunks (e.g. checksum)
+            why = "a checksum fails" if "checksum" in str(e) else type(e).__name__
+            raise ShardError(f"shard {shard}: its generation chunks do not read back ({why}); "
+                             f"run python -m cejobs.status --store {self.store.path} --verify, "
+                             f"then generate, to redo it") from None
         n, k = ce_x.shape[:2]
         images = np.concatenate([source_x, ce_x.reshape(n * k, *ce_x.shape[2:])]
                                 ).astype(np.float32, copy=False)

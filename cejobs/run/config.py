@@ -46,7 +46,7 @@ class Resources:
     max_retries: int = _f(3, "retries of a shard whose worker was lost (ray: actor or node "
                              "died; slurm: claim gone stale); a shard that raised is not "
                              "retried", ge=0)
-    max_in_flight: int = _f(0, "ray: shards queued per worker at most (0 = 2)")
+    max_in_flight: int = _f(0, "ray: shards queued per worker at most (0 = 2)", ge=0)
     ray_address: str | None = _f(None, "ray cluster address; unset: RAY_ADDRESS, else a local Ray")
     partition: str | None = _f(None, "slurm: partition")
     slurm_gpus: int = _f(1, "slurm: GPUs per array task")
@@ -80,8 +80,9 @@ class GenerateConfig(Resources):
                      identity=True, choices=tuple(METHODS))
     w: float = _f(15.0, "classifier-free guidance weight (paper eq. 3)", identity=True, ge=0)
     sigma_ce: float = _f(0.2, "neighbourhood scale, in model space [-1, 1]", identity=True, gt=0)
-    steps: int = _f(1000, "Euler-Maruyama steps", identity=True, ge=1)
-    per_class: int = _f(2, "CEs per target class per source", identity=True, ge=1)
+    steps: int = _f(1000, "Euler-Maruyama steps", identity=True, ge=1, le=100_000)
+    per_class: int = _f(2, "CEs per target class per source", identity=True, ge=1,
+                        le=10_000)
     shard_size: int = _f(2, "sources per shard (= zarr chunk along N)", identity=True, ge=1)
     seed: int = _f(0, "run seed: the noise of each CE depends only on it and the CE's position",
                    identity=True)
@@ -94,7 +95,7 @@ class GenerateConfig(Resources):
     ce_dtype: str = _f("float32", "dtype of ce/x in the store", identity=True, choices=CE_DTYPES)
     robust_step_size: float = _f(0.05, "robust: L2 length of each gradient step",
                                  identity=True, gt=0)
-    robust_max_steps: int = _f(200, "robust: step cap", identity=True, ge=1)
+    robust_max_steps: int = _f(200, "robust: step cap", identity=True, ge=1, le=1_000_000)
     robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this",
                                  identity=True, gt=0, lt=1)
     # --- inputs (may move between a run and its resume)

@@ -51,6 +51,11 @@ class GenerateWorker:
                 raise ShardError(f"checkpoint on {worker_name()} has sha256 "
                                  f"{ckpt.sha256[:12]}, the store was made with "
                                  f"{str(expected)[:12]}")
+            recorded = self.store.identity.get("sources_sha256")
+            if recorded and not config.dataset.startswith("store:") and recorded != \
+                    self.dataset.sources_sha256(self.plan.source_index):
+                raise ShardError(f"the sources of {config.dataset} on {worker_name()} differ "
+                                 f"from those the store was made with (sources_sha256)")
         self.meta = ckpt.meta
         net = ckpt.model.to(self.device).eval()
         # what makes the CEs: the network, compiled, or the fast sampling path (--fast)

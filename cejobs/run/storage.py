@@ -15,6 +15,7 @@ measurement and for its reach (any fsspec URL, AWS profiles): docs/store.md.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -171,26 +172,8 @@ def explain(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
-def keys_under(where: Path | ObjectPath) -> set[str]:
-    """Every file (object) below `where`, as keys relative to it: one listing (S3: one
-    request per 1,000 keys), where asking for each chunk would cost one request per chunk."""
-    if isinstance(where, ObjectPath):
-        return {str(PurePosixPath(k).relative_to(where.key))
-                for k in where.fs.find(where.key)}
-    return {str(p.relative_to(where)) for p in where.rglob("*") if p.is_file()}
-
-
-def publish(where: ObjectPath, build: Callable[[Any], None], root_only: bool) -> bool:
-    """Write a zarr group built by `build(group)` to `where`, object by object.
-
-    Its zarr.json (which holds the attributes that say what the store is) is the commit point:
-    with `root_only`, only it is written, and only where none is (`create`), so two drivers
-    racing on one URL end with one store and the loser writes nothing; it returns whether
-    this call wrote it. Without `root_only`, every other object (group and array metadata,
-    the same bytes for every driver whose configuration matched the store) is written where
-    it is missing: the creator's second step, and the repair when a creator died between the
-    two.
-    """
+def group_files(build: Callable[[Any], None]) -> dict[str, bytes]:
+    """The objects of a zarr v3 group made by `build(group)` in memory: key -> bytes."""
     import zarr
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -198,15 +181,99 @@ def publish(where: ObjectPath, build: Callable[[Any], None], root_only: bool) ->
 
     memory = MemoryStore()
     build(zarr.open_group(memory, mode="w-", zarr_format=3))
-    keys = sorted(sync(_list(memory)))
-    files = {k: sync(memory.get(k, default_buffer_prototype())).to_bytes() for k in keys}
-    if root_only:
-        return (where / "zarr.json").create(files["zarr.json"])
-    for key, data in files.items():
-        if key != "zarr.json" and not (where / key).exists():
+
+    async def read_all() -> dict[str, bytes]:
+        return {k: (await memory.get(k, default_buffer_prototype())).to_bytes()
+                async for k in memory.list()}
+
+    return sync(read_all())
+
+
+def write_missing(where: ObjectPath, files: dict[str, bytes]) -> None:
+    """Write each of `files` (key under `where` -> bytes) that is not there yet: the second
+    step of creating a group on object storage, after its root (docs/store.md)."""
+    for key, data in sorted(files.items()):
+        if not (where / key).exists():
             (where / key).create(data)
-    return False
 
 
-async def _list(store: Any) -> list[str]:
-    return [key async for key in store.list()]
+class ObjectKeys:
+    """CEStore's key methods (cejobs/run/store.py) on object storage, mixed into ObjectCEStore.
+
+    Keys are objects below the store's prefix; a "folder" is a prefix with objects under it.
+    A PUT is whole or absent, so writes need no temporary object, and there are no `*.partial`
+    leftovers. `create_key` is a conditional PUT (If-None-Match); `move_key` is a copy, then
+    a delete; `touch_key` rewrites the object (a new LastModified, which `key_age` reads)."""
+
+    path: ObjectPath
+
+    def _obj(self, key: str) -> str:
+        return (self.path / key).key
+
+    def _info(self, key: str) -> dict | None:
+        try:
+            return self.path.fs.info(self._obj(key))
+        except FileNotFoundError:
+            return None
+
+    def key_kind(self, key: str) -> str:
+        info = self._info(key)
+        if info is None:
+            return "missing"
+        return "folder" if info.get("type") == "directory" else "file"
+
+    def key_size(self, key: str) -> int:
+        info = self._info(key)
+        if info is None:
+            raise FileNotFoundError(str(self.path / key))
+        return int(info.get("size") or 0)
+
+    def read_key(self, key: str) -> bytes:
+        return bytes(self.path.fs.cat_file(self._obj(key)))
+
+    def write_key(self, key: str, data: bytes) -> None:
+        self.path.fs.pipe_file(self._obj(key), data)
+
+    def create_key(self, key: str, data: bytes) -> bool:
+        return (self.path / key).create(data)
+
+    def move_key(self, key: str, to: str) -> bool:
+        try:
+            self.path.fs.copy(self._obj(key), self._obj(to))
+        except FileNotFoundError:
+            return False
+        self.remove_key(key)
+        return True
+
+    def remove_key(self, key: str) -> None:
+        fs, obj = self.path.fs, self._obj(key)
+        try:
+            if self.key_kind(key) == "folder":
+                fs.rm(obj, recursive=True)
+            else:
+                fs.rm_file(obj)
+        except FileNotFoundError:
+            pass
+
+    def remove_empty_folder(self, key: str) -> None:
+        pass  # a prefix goes with its last object
+
+    def touch_key(self, key: str) -> None:
+        self.write_key(key, self.read_key(key))
+
+    def key_age(self, key: str) -> float | None:
+        info = self._info(key)
+        if info is None or info.get("type") == "directory":
+            return None
+        modified = info.get("LastModified") or info.get("mtime")
+        return time.time() - modified.timestamp() if modified is not None else 0.0
+
+    def list_folder(self, key: str) -> list[str]:
+        try:
+            found = self.path.fs.ls(self._obj(key), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(PurePosixPath(k).name for k in found)
+
+    def leftovers(self, folder: str = "", startswith: str = "") -> list[tuple[str, float]]:
+        return []  # a PUT is atomic: no partial objects

@@ -2,11 +2,18 @@
 
 The driver creates the group, its arrays and attributes once. A shard writes the rows it owns
 (exactly one chunk along N of every array), then its `shard/done` flag. zarr >= 3.1.3 writes a
-chunk to `<key>.<uuid>.partial` and renames it into place, so a chunk is whole or absent.
+chunk to `<key>.<uuid>.partial` and renames it into place, so a chunk is whole or absent, and
+every chunk ends with a crc32c checksum (cejobs-store-v2), so a changed byte is detected.
+
+All file-system access of a store goes through `CEStore`'s key methods (`key_kind`,
+`read_key`, `write_key`, `create_key`, `move_key`, `remove_key`, `touch_key`, `key_age`,
+`leftovers`) and zarr: keys are `/`-separated paths below the store's root.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import time
@@ -17,15 +24,24 @@ from typing import Any, Iterable
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from cejobs import __version__
 from cejobs.run.layout import EVAL_ARRAYS, ArraySpec, Layout, chunks_of, eval_prefix, shape_of
-from cejobs.run.storage import ObjectPath, keys_under, location, publish, zarr_store
+from cejobs.run.storage import (ObjectKeys, ObjectPath, group_files, location, write_missing,
+                                zarr_store)
 
-STORE_FORMAT = "cejobs-store-v1"
+STORE_FORMAT = "cejobs-store-v2"  # v2: crc32c on every chunk, metadata copies, sources_sha256
+OLD_FORMATS = ("cejobs-store-v1",)  # still opened: status, verify (decode only), evaluate
+V2_IDENTITY = ("sources_sha256",)  # identity fields a v1 store did not record
 ATTRS_KEY = "cejobs"
 _SHARD_FIELDS = ("started_at", "write_seconds", "finished_at", "done")
 WRITE_CONFIG = {"write_empty_chunks": True}  # every chunk of a done shard exists on disk
+# zstd as before, then a crc32c of the compressed bytes: any changed byte fails the read
+# (cost on a CIFAR-sized shard: docs/performance.md, "Checksums")
+COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())
+LEFTOVER_AGE_S = 600.0  # a `*.partial` younger than this may be a live writer's: kept
+STOP_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class CommitGuard:
@@ -54,19 +70,31 @@ class StoreError(RuntimeError):
     """A store that can't be used as asked; the message is one line."""
 
 
+class StoreWriteError(StoreError):
+    """The storage refused a write (full, read-only, no permission): the run stops at once,
+    finished shards keep their flags (cejobs.progress)."""
+
+
+def write_error(path: Path | str, e: OSError) -> StoreWriteError:
+    reason = e.strerror or str(e)
+    return StoreWriteError(f"cannot write the store at {path}: {reason} (finished shards stay "
+                           f"done; fix the storage, then run the same command to resume)")
+
+
 def check_writable(path: Path | ObjectPath) -> None:
-    """Fail early, in one line, when the store's folder (or bucket) can't be written."""
+    """Fail early, in one line, when the store's folder (an existing store: the store itself)
+    can't be written; on object storage, when the endpoint, bucket or credentials fail."""
     if isinstance(path, ObjectPath):
         return path.check_writable()
-    parent = path.resolve().parent
+    folder = path if path.is_dir() else path.resolve().parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".cejobs-write-test-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cejobs-write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         reason = e.strerror or str(e)
-        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()),
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
                        None)
         if blocker is not None:  # mkdir says only "File exists" or "Not a directory"
             reason = f"{blocker} is a file, not a folder"
@@ -86,31 +114,51 @@ def _create_arrays(group: zarr.Group, arrays: dict[str, ArraySpec], layout: Layo
         group.create_array(
             name, shape=shape_of(spec, sizes), chunks=chunks_of(spec, sizes, layout.shard_size),
             dtype=spec.dtype, fill_value=spec.fill, dimension_names=spec.dims,
-            config=WRITE_CONFIG,
+            compressors=COMPRESSORS, config=WRITE_CONFIG,
         )
 
 
-def _fill_group(group: zarr.Group, arrays: dict[str, ArraySpec], layout: Layout,
-                attrs: dict[str, Any]) -> None:
-    _create_arrays(group, arrays, layout)
-    group.attrs[ATTRS_KEY] = dict(version=__version__, created=time.time(),
-                                  arrays=sorted(arrays), **attrs)
+def group_objects(arrays: dict[str, ArraySpec], layout: Layout,
+                  attrs: dict[str, Any]) -> dict[str, bytes]:
+    """A new group's metadata objects, made in memory: every node's zarr.json, the root's with
+    the attributes and their copy of the others (object storage's create_group_atomically)."""
+    files = group_files(lambda group: _create_arrays(group, arrays, layout))
+    meta = {key.rpartition("/")[0]: json.loads(data) for key, data in files.items()
+            if key.endswith("/zarr.json")}  # arrays and subgroups
+    root = dict(version=__version__, created=time.time(), arrays=sorted(arrays), metadata=meta,
+                **attrs)
+    files["zarr.json"] = group_files(
+        lambda group: group.attrs.update({ATTRS_KEY: root}))["zarr.json"]
+    return files
 
 
-def create_group_atomically(path: Path, arrays: dict[str, ArraySpec], layout: Layout,
-                            attrs: dict[str, Any]) -> None:
+def create_group_atomically(path: Path | ObjectPath, arrays: dict[str, ArraySpec],
+                            layout: Layout, attrs: dict[str, Any]) -> bool | None:
     """Build a group of `arrays` in a sibling temporary folder, then rename it to `path`, so
     that it exists whole or not at all. When another process got there first, theirs stays.
-    On object storage only the group's zarr.json is written here, conditionally (publish)."""
+    The group's attributes keep a copy of every array's metadata (`metadata`), from which
+    `status --verify` rewrites a damaged `zarr.json`.
+
+    On object storage only the root zarr.json is written here, with a conditional PUT, and
+    whether this call wrote it is returned; the other nodes' metadata follows once the
+    caller has checked that the store is its own (create_or_open, write_missing)."""
     if isinstance(path, ObjectPath):
-        return publish(path, lambda g: _fill_group(g, arrays, layout, attrs), root_only=True)
+        try:
+            return (path / "zarr.json").create(group_objects(arrays, layout, attrs)["zarr.json"])
+        except OSError as e:
+            raise write_error(path, e) from None
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
     try:
-        _fill_group(zarr.open_group(str(tmp), mode="w-", zarr_format=3), arrays, layout, attrs)
+        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+        _create_arrays(group, arrays, layout)
+        meta = {p.parent.relative_to(tmp).as_posix(): json.loads(p.read_text())
+                for p in tmp.rglob("zarr.json") if p.parent != tmp}  # arrays and subgroups
+        group.attrs[ATTRS_KEY] = dict(version=__version__, created=time.time(),
+                                      arrays=sorted(arrays), metadata=meta, **attrs)
         os.rename(tmp, path)
-    except OSError:
+    except OSError as e:
         if not (path / "zarr.json").exists():
-            raise
+            raise write_error(path, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -126,49 +174,68 @@ def create_or_open(
 
     Creation is atomic: the group is built in a sibling temporary folder and renamed into
     place, so concurrent drivers (e.g. SLURM array tasks) agree on one store. A mismatch
-    raises StoreError naming the differing fields, and nothing on disk changes.
+    raises StoreError naming the differing fields, and nothing on disk changes. A v1 store
+    (no dataset hash) is compared on the fields it recorded.
     """
     path = location(path)
+    if isinstance(path, Path) and path.is_symlink() and not path.exists():
+        raise StoreError(f"--store {path} is a symbolic link to {os.readlink(path)}, which does "
+                         f"not exist; create its target or choose another --store")
+    if isinstance(path, Path) and path.exists() and not path.is_dir():
+        raise StoreError(f"--store {path} is a file, not a store folder; choose another --store")
+    check_writable(path)  # a new store's folder, or the existing store itself
     if not path.exists():
-        check_writable(path)
         meta = dict(format=STORE_FORMAT, identity=identity, layout=layout.to_attrs(), **attrs)
         create_group_atomically(path, arrays, layout, meta)
     store = CEStore.open(path)
+    if store.format in OLD_FORMATS:
+        identity = {k: v for k, v in identity.items() if k not in V2_IDENTITY}
     diffs = describe_differences(store.identity, identity)
     diffs += describe_differences(store.layout.to_attrs(), layout.to_attrs())
     if diffs:
         raise StoreError(f"{path} was made with a different configuration; "
                          f"use another --store or the same settings. Differences: "
                          + "; ".join(diffs))
-    if isinstance(path, ObjectPath):  # the arrays' metadata, where a creator died before it
-        publish(path, lambda g: _create_arrays(g, arrays, layout), root_only=False)
+    if isinstance(path, ObjectPath):  # the nodes' metadata, also where a creator died early
+        write_missing(path, {k: v for k, v in group_objects(arrays, layout, {}).items()
+                             if k != "zarr.json"})
     return store
 
 
 @dataclass
 class CEStore:
-    """An open store: attributes, layout, and shard-level reads and writes."""
+    """An open store: attributes, layout, shard-level reads and writes, and key I/O."""
 
     path: Path | ObjectPath
     attrs: dict[str, Any]
     _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False)
+    damaged_flags: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path) -> "CEStore":
+    def open(cls, path: str | Path | ObjectPath) -> "CEStore":
         path = location(path)
-        if not (path / "zarr.json").exists():
+        store = (ObjectCEStore if isinstance(path, ObjectPath) else cls)(path, {})
+        kind = store.key_kind("zarr.json")
+        if kind == "missing":
             raise StoreError(f"no cejobs store at {path}")
         try:
-            group = zarr.open_group(zarr_store(path, read_only=True), mode="r")
-            attrs = dict(group.attrs)[ATTRS_KEY]
-        except Exception:
-            raise StoreError(f"{path} is not a cejobs store (no '{ATTRS_KEY}' attributes)") from None
-        if attrs.get("format") != STORE_FORMAT:
+            attrs = json.loads(store.read_key("zarr.json"))["attributes"][ATTRS_KEY]
+            assert isinstance(attrs, dict) and "identity" in attrs and "layout" in attrs
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise StoreError(f"{path} is not a readable cejobs store: its root metadata "
+                             f"{path / 'zarr.json'} is damaged or not cejobs's; it holds the "
+                             f"run's identity, so restore it from a backup") from None
+        if attrs.get("format") not in (STORE_FORMAT, *OLD_FORMATS):
             raise StoreError(f"{path} has store format {attrs.get('format')!r}, "
                              f"expected {STORE_FORMAT}")
-        return cls(path, attrs)
+        store.attrs = attrs
+        return store
 
     # ------------------------------------------------------------------ metadata
+    @property
+    def format(self) -> str:
+        return self.attrs["format"]
+
     @property
     def identity(self) -> dict[str, Any]:
         return self.attrs["identity"]
@@ -193,22 +260,60 @@ class CEStore:
                 ).with_config(WRITE_CONFIG)  # open_array ignores a config argument
             except FileNotFoundError:
                 raise StoreError(f"{self.path} has no array {name!r}") from None
+            except Exception as e:  # noqa: BLE001 - a damaged zarr.json fails in many ways
+                raise StoreError(f"{self.path}: the metadata of {name} ({name}/zarr.json) is "
+                                 f"damaged ({type(e).__name__}); run python -m cejobs.status "
+                                 f"--store {self.path} --verify to repair it") from None
         return self._arrays[name]
+
+    def forget_arrays(self) -> None:
+        """Drop opened arrays (after their metadata was rewritten)."""
+        self._arrays.clear()
+
+    def group_attrs(self, prefix: str) -> dict[str, Any] | None:
+        """The `cejobs` attributes of the group at `prefix` (e.g. eval/<name>), None if absent
+        or unreadable."""
+        try:
+            doc = json.loads(self.read_key(f"{prefix}/zarr.json"))
+            attrs = doc["attributes"][ATTRS_KEY]
+            return attrs if isinstance(attrs, dict) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def classifier_sha256(self, name: str) -> str | None:
         """The sha256 of the checkpoint that wrote `eval/<name>`, or None if there is none."""
-        if not (self.path / eval_prefix(name) / "zarr.json").exists():
-            return None
-        group = zarr.open_group(zarr_store(self.path, read_only=True), path=eval_prefix(name),
-                                mode="r")
-        return dict(group.attrs).get(ATTRS_KEY, {}).get("sha256")
+        attrs = self.group_attrs(eval_prefix(name))
+        return None if attrs is None else attrs.get("sha256")
+
+    def eval_names(self) -> list[str]:
+        """Classifiers with a folder `eval/<name>` in this store (a damaged one included)."""
+        return sorted(name for name in self.list_folder("eval")
+                      if self.key_kind(f"eval/{name}") == "folder")
 
     # ------------------------------------------------------------------ shards
     def done(self, prefix: str = "shard") -> np.ndarray:
-        """(S,) bool flags, read fresh from disk."""
-        arr = zarr.open_array(zarr_store(self.path, read_only=True), path=f"{prefix}/done",
-                              mode="r")
-        return np.asarray(arr[:], dtype=bool)
+        """(S,) bool flags, read fresh from disk. A flag chunk that does not read back counts
+        as not done and is listed in `damaged_flags[prefix]` (repair rewrites it)."""
+        flags, bad = self._read_per_chunk(f"{prefix}/done", False)
+        self.damaged_flags[prefix] = bad
+        return flags.astype(bool)
+
+    def read_flags(self, name: str) -> np.ndarray:
+        """A per-shard array (e.g. shard/finished_at); a chunk that does not read is NaN."""
+        return self._read_per_chunk(name, np.nan)[0]
+
+    def _read_per_chunk(self, name: str, fill) -> tuple[np.ndarray, list[int]]:
+        arr = self.array(name)
+        try:
+            return np.asarray(arr[:]), []
+        except Exception:  # noqa: BLE001 - some chunk is damaged: find which
+            out, bad = np.full(arr.shape, fill, dtype=arr.dtype), []
+            for s in range(arr.shape[0]):
+                try:
+                    out[s] = arr[s]
+                except Exception:  # noqa: BLE001
+                    bad.append(s)
+            return out, bad
 
     def write_shard(self, shard: int, data: dict[str, np.ndarray], prefix: str = "shard",
                     started_at: float | None = None) -> float:
@@ -216,108 +321,164 @@ class CEStore:
 
         Returns the seconds spent writing. The flag is written last, so a shard whose flag is
         set has all its chunks on disk. The whole write is a commit (`COMMIT`): a stop signal
-        that arrives during it lets it finish.
+        that arrives during it lets it finish. A write the storage refuses (full disk,
+        read-only) raises StoreWriteError.
         """
         with COMMIT:
-            t0 = time.perf_counter()
-            rows = self.layout.rows(shard)
-            self.remove_leftovers(shard, list(data) + [f"{prefix}/{n}" for n in _SHARD_FIELDS])
-            for name, values in data.items():
-                self.array(name)[rows] = values
-            write_seconds = time.perf_counter() - t0
-            self.array(f"{prefix}/started_at")[shard] = started_at if started_at else np.nan
-            self.array(f"{prefix}/write_seconds")[shard] = write_seconds
-            self.array(f"{prefix}/finished_at")[shard] = time.time()
-            self.array(f"{prefix}/done")[shard] = True
+            try:
+                t0 = time.perf_counter()
+                rows = self.layout.rows(shard)
+                self.remove_leftovers(shard, list(data) + [f"{prefix}/{n}" for n in _SHARD_FIELDS])
+                for name in list(data) + [f"{prefix}/{n}" for n in _SHARD_FIELDS]:
+                    key = self.chunk_key(name, shard)  # this shard's: a folder there is damage
+                    if self.key_kind(key) not in ("file", "missing"):
+                        self.remove_key(key)
+                for name, values in data.items():
+                    self.array(name)[rows] = values
+                write_seconds = time.perf_counter() - t0
+                self.array(f"{prefix}/started_at")[shard] = started_at if started_at else np.nan
+                self.array(f"{prefix}/write_seconds")[shard] = write_seconds
+                self.array(f"{prefix}/finished_at")[shard] = time.time()
+                self.array(f"{prefix}/done")[shard] = True
+            except OSError as e:
+                if e.errno in STOP_ERRNOS:
+                    raise write_error(self.path, e) from None
+                raise
         return write_seconds
 
     def clear_done(self, shards: Iterable[int], prefix: str = "shard") -> None:
-        arr = self.array(f"{prefix}/done")
-        for s in shards:
-            arr[s] = False
+        try:
+            arr = self.array(f"{prefix}/done")
+            for s in shards:
+                key = self.chunk_key(f"{prefix}/done", s)
+                if self.key_kind(key) not in ("file", "missing"):
+                    self.remove_key(key)
+                arr[s] = False
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def read_rows(self, name: str, rows: slice | None = None) -> np.ndarray:
         arr = self.array(name)
         return np.asarray(arr[rows if rows is not None else slice(None)])
 
-    # ------------------------------------------------------------------ checks
-    def chunk_path(self, name: str, shard: int) -> Path | ObjectPath:
-        """Files holding shard `shard`'s chunks of array `name`."""
-        arr = self.array(name)  # chunk index along N (or the shard axis) is the shard
-        key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
-        return self.path / name / key
+    # ------------------------------------------------------------------ chunks
+    def chunk_key(self, name: str, shard: int) -> str:
+        """The key of shard `shard`'s chunk of array `name` (its index along N is the shard)."""
+        arr = self.array(name)
+        return f"{name}/{arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))}"
+
+    def chunk_path(self, name: str, shard: int) -> Path:
+        return self._file(self.chunk_key(name, shard))
 
     def remove_leftovers(self, shard: int, names: Iterable[str]) -> None:
-        """Delete `*.partial` files of this shard's chunks (left by a writer that died)."""
+        """Delete `*.partial` files of this shard's chunks that are older than LEFTOVER_AGE_S
+        (left by a writer that died); younger ones may be a live writer's and stay."""
         for name in names:
-            chunk = self.chunk_path(name, shard)
-            for leftover in chunk.parent.glob(f"{chunk.name}.*.partial"):
-                leftover.unlink(missing_ok=True)
+            key = self.chunk_key(name, shard)
+            folder, _, chunk = key.rpartition("/")
+            for leftover, age in self.leftovers(folder, f"{chunk}."):
+                if age > LEFTOVER_AGE_S:
+                    self.remove_key(leftover)
 
-    def _leftovers(self) -> dict[int, list[Path]]:
-        """shard -> `*.partial` files under its chunks (the chunk index along N is the shard)."""
-        out: dict[int, list[Path]] = {}
-        for leftover in sorted(self.path.rglob("*.partial")):
-            parts = leftover.relative_to(self.path).parts
-            if "c" in parts[:-1]:
-                out.setdefault(int(parts[parts.index("c") + 1].split(".")[0]), []).append(leftover)
+    # ------------------------------------------------------------------ key I/O
+    # The only file-system calls on a store's contents (besides zarr's own chunk I/O).
+    def _file(self, key: str) -> Path:
+        return self.path / key
+
+    def key_kind(self, key: str) -> str:
+        """"file", "missing", "folder" or "other" (a socket, a dangling link, ...)."""
+        p = self._file(key)
+        if p.is_file():
+            return "file"
+        if p.is_dir():
+            return "folder"
+        return "other" if p.is_symlink() or p.exists() else "missing"
+
+    def key_size(self, key: str) -> int:
+        return self._file(key).stat().st_size
+
+    def read_key(self, key: str) -> bytes:
+        return self._file(key).read_bytes()
+
+    def write_key(self, key: str, data: bytes) -> None:
+        """Write `key` whole or not at all (a temporary file renamed into place)."""
+        p = self._file(key)
+        if self.key_kind(key) not in ("file", "missing"):
+            self.remove_key(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def create_key(self, key: str, data: bytes) -> bool:
+        """Create `key` with `data` unless it exists (atomic, also on NFS: a hard link of a
+        complete temporary file); whether this call created it."""
+        p = self._file(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.link(tmp, p)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def move_key(self, key: str, to: str) -> bool:
+        """Rename `key` to `to`; False when `key` is already gone (another process moved it)."""
+        try:
+            os.rename(self._file(key), self._file(to))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def remove_key(self, key: str) -> None:
+        """Remove a file, or a folder where a file belongs; nothing if it is gone."""
+        p = self._file(key)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+    def remove_empty_folder(self, key: str) -> None:
+        try:
+            self._file(key).rmdir()
+        except OSError:
+            pass  # not empty (another process uses it), or gone
+
+    def touch_key(self, key: str) -> None:
+        os.utime(self._file(key))
+
+    def key_age(self, key: str) -> float | None:
+        """Seconds since `key` was last written or touched; None when it is missing."""
+        try:
+            return time.time() - self._file(key).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def list_folder(self, key: str) -> list[str]:
+        """Names directly under the folder `key` (none when it is not a folder)."""
+        p = self._file(key)
+        return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+
+    def leftovers(self, folder: str = "", startswith: str = "") -> list[tuple[str, float]]:
+        """(key, age in seconds) of every `*.partial` under `folder` (recursively when
+        `startswith` is empty; else only those directly in it whose name starts with it)."""
+        base = self._file(folder) if folder else self.path
+        if not base.is_dir():
+            return []
+        found = (base.glob(f"{startswith}*.partial") if startswith else base.rglob("*.partial"))
+        now, out = time.time(), []
+        for p in sorted(found):
+            try:
+                out.append((p.relative_to(self.path).as_posix(), now - p.lstat().st_mtime))
+            except FileNotFoundError:  # its writer renamed it meanwhile
+                continue
         return out
-
-    # ------------------------------------------------------------------ repair
-    def verify(self, decode: bool = True) -> dict[int, list[str]]:
-        """Problems of shards: a done shard's missing chunks, or with `decode` its chunks that
-        do not decode (every chunk is re-read); and `*.partial` leftovers of any shard.
-
-        Returns {shard: [problem, ...]} for every shard with a problem.
-        """
-        problems: dict[int, list[str]] = {}
-        present = keys_under(self.path)  # one listing, not one request per chunk
-        for shard in map(int, np.flatnonzero(self.done())):
-            for name in self.attrs["arrays"]:
-                chunk = self.chunk_path(name, shard)
-                where = chunk.relative_to(self.path)
-                if str(where) not in present:
-                    problems.setdefault(shard, []).append(f"missing chunk {where}")
-                    continue
-                if not decode:
-                    continue
-                try:
-                    arr = self.array(name)
-                    arr[shard if arr.metadata.dimension_names[0] == "shard"
-                        else self.layout.rows(shard)]
-                except Exception as e:  # any decode failure means the chunk is damaged
-                    problems.setdefault(shard, []).append(
-                        f"unreadable chunk {where} ({type(e).__name__})")
-        for shard, leftovers in self._leftovers().items():
-            problems.setdefault(shard, []).extend(
-                f"leftover {p.relative_to(self.path)}" for p in leftovers)
-        return problems
-
-    def repair(self, *, decode: bool, writers_may_run: bool) -> "Repair":
-        """The one shard-repair policy (generate, status --verify, the SLURM summary job).
-
-        A done shard is damaged when one of its chunks is missing or (with `decode`) does not
-        decode, or when a `*.partial` leftover of its chunks is there: a write that died. A
-        writer at work leaves the same temporary files, so while writers may run (a
-        resubmitted array) leftovers are only reported; the shard's next write removes them.
-        Damaged shards lose their done flag, so the next run redoes exactly those.
-        """
-        problems = self.verify(decode)
-        done = self.done()
-        damaged = sorted(s for s, items in problems.items() if done[s] and (
-            not writers_may_run or any(not i.startswith("leftover") for i in items)))
-        self.clear_done(damaged)
-        return Repair(problems, damaged)
-
-
-@dataclass(frozen=True)
-class Repair:
-    problems: dict[int, list[str]]  # shard -> what was found
-    cleared: list[int]  # done shards whose flag was cleared
-
-    def lines(self) -> list[str]:
-        return [f"verify: shard {shard}: {item}"
-                for shard, items in sorted(self.problems.items()) for item in items]
 
 
 def create_eval_arrays(store: CEStore, name: str, attrs: dict[str, Any]) -> str:
@@ -326,8 +487,11 @@ def create_eval_arrays(store: CEStore, name: str, attrs: dict[str, Any]) -> str:
     exists from another checkpoint, StoreError is raised and nothing changes."""
     prefix = eval_prefix(name)
     final = store.path / prefix
-    if not (final / "zarr.json").exists():
-        zarr.open_group(zarr_store(store.path), mode="r+").require_group("eval")
+    if store.key_kind(f"{prefix}/zarr.json") == "missing":
+        try:
+            zarr.open_group(zarr_store(store.path), mode="r+").require_group("eval")
+        except OSError as e:
+            raise write_error(store.path, e) from None
         create_group_atomically(final, EVAL_ARRAYS, store.layout, dict(kind="evaluate", **attrs))
     recorded = store.classifier_sha256(name)
     if recorded != attrs.get("sha256"):
@@ -335,5 +499,11 @@ def create_eval_arrays(store: CEStore, name: str, attrs: dict[str, Any]) -> str:
                          f"{str(recorded)[:12]}, not {str(attrs.get('sha256'))[:12]}; give "
                          f"this classifier another name")
     if isinstance(final, ObjectPath):  # the arrays' metadata (see create_or_open)
-        publish(final, lambda g: _create_arrays(g, EVAL_ARRAYS, store.layout), root_only=False)
+        write_missing(final, {k: v for k, v in group_objects(EVAL_ARRAYS, store.layout,
+                                                             {}).items() if k != "zarr.json"})
     return prefix
+
+
+class ObjectCEStore(ObjectKeys, CEStore):
+    """A store on object storage (s3://, fsspec URLs): CEStore with its key methods on
+    objects (cejobs/run/storage.py); CEStore.open picks it for an ObjectPath."""

@@ -44,6 +44,7 @@ class ShardResult:
     write_seconds: float = 0.0
     error: str | None = None
     worker: str = ""
+    fatal: bool = False  # the storage refused a write (full, read-only): the run stops
 
     @property
     def ok(self) -> bool:
@@ -56,8 +57,14 @@ def worker_name() -> str:
 
 def run_shard_safely(worker, shard: int) -> ShardResult:
     """worker.run_shard, with any exception turned into a failed result carrying its traceback."""
+    from cejobs.run.store import StoreWriteError
+
     try:
         return worker.run_shard(shard)
+    except StoreWriteError as e:  # one line; the driver stops the run (cejobs.progress)
+        return ShardResult(shard, error=str(e), worker=worker_name(), fatal=True)
+    except ShardError as e:  # an explained failure: its line says it all
+        return ShardResult(shard, error=f"ShardError: {e}", worker=worker_name())
     except Exception as e:  # reported to the driver; the shard is not marked done
         tb = traceback.format_exc(limit=4)
         return ShardResult(shard, error=f"{type(e).__name__}: {e}\n{tb}", worker=worker_name())

@@ -4,7 +4,10 @@ Each step: a batch x0 in model space (2x - 1), t ~ U(t_eps, 1), z ~ N(0, I),
 x_t = alpha_t x0 + sigma_t z, labels replaced by the null label with probability `label_drop`
 (classifier-free guidance), and the loss mean((eps_theta(x_t, t, y) - z)^2) (DDPM's L_simple:
 the mean over elements). Adam with linear warm-up, gradient clipping, and an EMA of the weights,
-which is what the output checkpoint holds.
+which is what the output checkpoint holds. CIFAR10 batches are flipped horizontally at random
+(each image with probability 1/2), as score_sde's CIFAR10 configs do (`data.random_flip`); SVHN
+and digits are not (a flipped digit is another shape). The flips of step k are a function of
+(seed, k) alone, so a resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -43,9 +47,10 @@ from cejobs.train.common import (
 class DiffusionTrainConfig(TrainSettings):
     preset: str = _f("paper", "U-Net preset; its image shape and classes follow the dataset",
                      choices=tuple(UNET_PRESETS), identity=True)
-    base_channels: int | None = _f(None, "override the preset's base width", identity=True)
+    base_channels: int | None = _f(None, "override the preset's base width", identity=True,
+                                    ge=4)
     channel_mult: str | None = _f(None, "override the preset's width multipliers, e.g. 1,2,2,2", identity=True)
-    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution", identity=True)
+    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution", identity=True, ge=1)
     attn_resolutions: str | None = _f(None, "override the preset's attention resolutions, e.g. 16 ('' for none)", identity=True)
     dropout: float | None = _f(None, "override the preset's dropout", identity=True)
     steps: int = _f(1_000_000, "training steps (paper: 1M)", ge=1)
@@ -57,6 +62,8 @@ class DiffusionTrainConfig(TrainSettings):
     t_eps: float = _f(1e-5, "smallest training time t (score_sde's continuous-time eps)", identity=True, gt=0, lt=1)
     precision: str = _f("fp32", "network precision (bf16 autocast on GPUs; loss and optimizer in fp32)",
                         choices=("fp32", "bf16"), identity=True)
+    flip: str = _f("auto", "random horizontal flips: auto (on for cifar10, as score_sde; off for svhn "
+                   "and digits) | on | off", choices=("auto", "on", "off"), identity=True)
     seed: int = _f(0, "seed of the initial weights, data order and noise", identity=True)
     out: str = _f("runs/diffusion.pt", "output checkpoint (EMA weights); resume state goes to OUT.resume.pt")
     save_every: int = _f(5000, "write OUT.resume.pt every this many steps and at the end (0: never)", ge=0)
@@ -87,6 +94,19 @@ def unet_kwargs(cfg: DiffusionTrainConfig, image_shape, num_classes: int) -> dic
     return kw
 
 
+def uses_flips(cfg: DiffusionTrainConfig) -> bool:
+    return cfg.flip == "on" or (cfg.flip == "auto" and cfg.dataset == "cifar10")
+
+
+def flip_batch(x: torch.Tensor, seed: int, step: int, on: bool) -> torch.Tensor:
+    """x (b, C, H, W) with each image flipped left-right with probability 1/2, drawn from
+    (seed, step) alone (score_sde's random_flip); x itself when not `on`."""
+    if not on:
+        return x
+    flip = torch.from_numpy(np.random.default_rng([seed, 0xF11B, step]).random(len(x)) < 0.5)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 def _mean(values) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
@@ -109,6 +129,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, argv: list[str] | None = None) ->
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     sde = VPSDE()
+    flip = uses_flips(cfg)
     start, recent = 0, deque(maxlen=1000)  # losses of the last 1000 steps
 
     if cfg.resume:
@@ -145,14 +166,16 @@ def train_diffusion(cfg: DiffusionTrainConfig, argv: list[str] | None = None) ->
     n_params = sum(p.numel() for p in model.parameters())
     tqdm.write(
         f"diffusion: {cfg.dataset} ({len(data)} images {data.image_shape}), U-Net {cfg.preset} "
-        f"{n_params / 1e6:.2f}M params, steps {start}..{cfg.steps} on {device}"
+        f"{n_params / 1e6:.2f}M params, flips {'on' if flip else 'off'}, steps {start}..{cfg.steps} "
+        f"on {device}"
     )
     model.train()
     bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, dynamic_ncols=True, desc="diffusion")
     window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
     for step in range(start, cfg.steps):
         idx = stream_batch(cfg.seed, len(data), cfg.batch_size, step)
-        x0 = (2.0 * data.images(idx) - 1.0).to(device)  # model space
+        x0 = 2.0 * flip_batch(data.images(idx), cfg.seed, step, flip) - 1.0  # model space
+        x0 = x0.to(device)
         y = torch.as_tensor(data.labels[idx], device=device)
         b = x0.shape[0]
         t = cfg.t_eps + (1.0 - cfg.t_eps) * torch.rand(b, generator=gen, device=device)

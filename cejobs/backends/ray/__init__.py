@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.backends.ray.actors import ActorPlan, ShardActor, plan_actors
-from cejobs.backends.ray.cluster import connect, log, loss_reason, one_line
+from cejobs.backends.ray.cluster import check_address, connect, log, loss_reason, one_line
 from cejobs.run.tasks import ShardResult, ShardTask
 
 WAIT_LOG_SECONDS = 60.0  # how often to say that no actor has started yet
@@ -64,6 +64,10 @@ class RayBackend:
             gpus_per_worker=config.gpus_per_worker, max_in_flight=config.max_in_flight or 2,
             max_retries=config.max_retries, device=config.device,
         )
+
+    def preflight(self) -> None:
+        """Before the store is touched: a given address must answer (bounded time)."""
+        check_address(self.address)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         import ray

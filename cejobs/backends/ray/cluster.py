@@ -58,6 +58,18 @@ def gcs_reachable(target: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
         return False
 
 
+def check_address(address: str | None) -> None:
+    """A given address (or RAY_ADDRESS) that does not answer within CONNECT_TIMEOUT_S is one
+    line (ConfigError); checked before the store is touched."""
+    from cejobs.run.config import ConfigError
+
+    given = address or os.environ.get("RAY_ADDRESS") or None
+    if given and given not in ("auto", "local") and "://" not in given \
+            and not gcs_reachable(given):
+        raise ConfigError(f"cannot reach the Ray cluster at {given} within "
+                          f"{CONNECT_TIMEOUT_S:.0f} s (check --ray-address / RAY_ADDRESS)")
+
+
 def connect(address: str | None) -> str:
     """Join the cluster at `address` (else RAY_ADDRESS, as `ray job submit` sets it, else one
     `ray start`ed on this node), or start a private local Ray. Returns what it did.
