@@ -158,6 +158,7 @@ def bench_scale(args) -> dict:
     import zarr
 
     from cejobs.run.kinds import pending_shards
+    from cejobs.run.repair import repair
     from cejobs.run.layout import Layout, generation_arrays
     from cejobs.run.storage import ObjectPath, location
     from cejobs.run.store import CEStore, create_or_open
@@ -185,10 +186,10 @@ def bench_scale(args) -> dict:
         status_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         opened = CEStore.open(where)
-        repair = opened.repair(decode=False, writers_may_run=False)
+        found = repair(opened)
         pending = pending_shards(opened, ShardTask("generate", where, None))
         plan_s = time.perf_counter() - t0
-    assert st.shards_done == n and not repair.problems and not pending
+    assert st.shards_done == n and not found.findings and not pending
     return dict(bench="scale", store="moto on 127.0.0.1" if args.moto else (args.s3 or
                 "local disk"), shards=n, objects=objects, populate_seconds=populate,
                 status_seconds=status_s, resume_planning_seconds=plan_s)

@@ -14,11 +14,12 @@ measurement and for its reach (any fsspec URL, AWS profiles): docs/store.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 FS_OPTIONS = {"use_listings_cache": False}  # several processes write: never trust a listing
 
@@ -206,11 +207,31 @@ class ObjectKeys:
     a delete; `touch_key` rewrites the object (a new LastModified, which `key_age` reads)."""
 
     path: ObjectPath
+    _listing: dict[str, dict] | None = None  # key -> info, during `listing()`
+    _folders: set[str] = set()
+
+    @contextlib.contextmanager
+    def listing(self) -> Iterator[None]:
+        """For a read-only pass over many keys (repair's check of every done shard's chunks):
+        `key_kind` and `key_size` answer from one listing of the store (one LIST request per
+        1,000 keys) instead of a HEAD request each. Any key write ends it."""
+        found = self.path.fs.find(self.path.key, detail=True)
+        self._listing = {str(PurePosixPath(k).relative_to(self.path.key)): info
+                         for k, info in found.items()}
+        self._folders = {str(p) for k in self._listing for p in PurePosixPath(k).parents}
+        try:
+            yield
+        finally:
+            self._listing = None
 
     def _obj(self, key: str) -> str:
         return (self.path / key).key
 
     def _info(self, key: str) -> dict | None:
+        if self._listing is not None:
+            if key in self._listing:
+                return self._listing[key]
+            return {"type": "directory"} if key in self._folders else None
         try:
             return self.path.fs.info(self._obj(key))
         except FileNotFoundError:
@@ -232,12 +253,15 @@ class ObjectKeys:
         return bytes(self.path.fs.cat_file(self._obj(key)))
 
     def write_key(self, key: str, data: bytes) -> None:
+        self._listing = None  # the store changes: live answers again
         self.path.fs.pipe_file(self._obj(key), data)
 
     def create_key(self, key: str, data: bytes) -> bool:
+        self._listing = None  # the store changes: live answers again
         return (self.path / key).create(data)
 
     def move_key(self, key: str, to: str) -> bool:
+        self._listing = None  # the store changes: live answers again
         try:
             self.path.fs.copy(self._obj(key), self._obj(to))
         except FileNotFoundError:
@@ -246,6 +270,7 @@ class ObjectKeys:
         return True
 
     def remove_key(self, key: str) -> None:
+        self._listing = None  # the store changes: live answers again
         fs, obj = self.path.fs, self._obj(key)
         try:
             if self.key_kind(key) == "folder":

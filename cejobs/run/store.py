@@ -12,6 +12,7 @@ All file-system access of a store goes through `CEStore`'s key methods (`key_kin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -384,6 +385,10 @@ class CEStore:
     # The only file-system calls on a store's contents (besides zarr's own chunk I/O).
     def _file(self, key: str) -> Path:
         return self.path / key
+
+    def listing(self) -> contextlib.AbstractContextManager:
+        """A read-only pass over many keys (ObjectKeys answers it from one listing)."""
+        return contextlib.nullcontext()
 
     def key_kind(self, key: str) -> str:
         """"file", "missing", "folder" or "other" (a socket, a dangling link, ...)."""
