@@ -268,7 +268,7 @@ def test_python_api_on_s3(s3_env, s3_store, local_reference):
     data = cejobs.open_store(s3_store)
     local = cejobs.open_store(local_reference)
     np.testing.assert_array_equal(data.tree["ce"]["x"].values, local.tree["ce"]["x"].values)
-    assert data.ces.equals(local.ces)
+    assert data.ces[local.ces.columns].equals(local.ces)  # (+ p_target_tiny once evaluated)
     store = cejobs.generate(store=s3_store, backend="local", progress=False,
                             **{k: v for k, v in data.store.config.items()
                                if k in ("model", "sources", "shard_size", "steps", "threads")})

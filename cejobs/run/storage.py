@@ -2,9 +2,10 @@
 
 `location(text)` turns a `--store` value into a `pathlib.Path` (plain paths and `file://`) or
 an `ObjectPath` (`s3://bucket/prefix/run.zarr`, or any other fsspec URL). `ObjectPath` offers
-the few `Path` operations the store uses (`/`, `name`, `parent`, `exists`, `read_bytes`, ...),
-plus `create(data)`, a write that succeeds only where no object is (S3's conditional PUT,
-`If-None-Match: *`), and `zarr_store()` to open zarr on it.
+the few `Path` operations the drivers use (`/`, `name`, `parent`, `exists`, `resolve`), plus
+`create(data)`, a write that succeeds only where no object is (S3's conditional PUT,
+`If-None-Match: *`), and `zarr_store()` to open zarr on it. `ObjectKeys` is the store's key
+I/O on objects (CEStore's key methods, for `ObjectCEStore`).
 
 Endpoint and credentials come only from the standard environment and config files of the
 filesystem (for S3: `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, ~/.aws/config),
@@ -92,9 +93,6 @@ class ObjectPath:
     def resolve(self) -> ObjectPath:
         return self
 
-    def relative_to(self, other: ObjectPath) -> PurePosixPath:
-        return PurePosixPath(self.key).relative_to(other.key)
-
     def exists(self) -> bool:
         """Whether an object (or a prefix) is there. The store's first call: an endpoint,
         bucket or credentials that don't work end here, in one line (StorageError)."""
@@ -103,30 +101,12 @@ class ObjectPath:
         except Exception as e:  # noqa: BLE001 - every failure becomes one line
             raise StorageError(f"cannot use {self}: {explain(e)}") from None
 
-    def is_dir(self) -> bool:
-        return bool(self.fs.isdir(self.key))
-
-    def iterdir(self) -> list[ObjectPath]:
-        return [self / PurePosixPath(k).name for k in self.fs.ls(self.key, detail=False)]
-
-    def read_bytes(self) -> bytes:
-        return bytes(self.fs.cat_file(self.key))
-
-    def write_bytes(self, data: bytes) -> None:
-        self.fs.pipe_file(self.key, data)
-
     def unlink(self, missing_ok: bool = False) -> None:
         try:
             self.fs.rm_file(self.key)
         except FileNotFoundError:
             if not missing_ok:
                 raise
-
-    def glob(self, pattern: str) -> list[ObjectPath]:
-        return []  # a PUT is atomic: object storage has no partial files to look for
-
-    def rglob(self, pattern: str) -> list[ObjectPath]:
-        return []
 
     # ------------------------------------------------------------ object storage only
     def create(self, data: bytes) -> bool:
