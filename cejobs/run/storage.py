@@ -207,6 +207,9 @@ class ObjectKeys:
     def _obj(self, key: str) -> str:
         return (self.path / key).key
 
+    def folder_checked(self, names: list[str]) -> list[str]:
+        return []  # a prefix does not block an object: no HEAD request per chunk
+
     def _info(self, key: str) -> dict | None:
         if self._listing is not None:
             if key in self._listing:
