@@ -22,9 +22,11 @@
 # paths (config, store, model, data) are relative to the directory you submit from, which is
 # every task's working directory. The store must be on storage every node mounts.
 # Environment: CEJOBS_PYTHON (default: python), CEJOBS_RAY (default: ray), CEJOBS_RAY_PORT
-# (default: 6379), CEJOBS_RAY_HEAD_IP (default: the first node's address from getent),
-# CEJOBS_RAY_START_ARGS (extra `ray start` flags, e.g. "--temp-dir /local/ray"), RAY_AUTH_MODE
-# (default: token, see below).
+# (default: 6379), CEJOBS_RAY_HEAD_IP (default: the first node's address from getent, else its
+# NodeAddr in SLURM), CEJOBS_RAY_START_ARGS (extra `ray start` flags, e.g. "--temp-dir
+# /local/ray"), CEJOBS_RAY_TEMP_DIR (srun launch: each node's Ray uses <dir>/<node name> as
+# its --temp-dir, for nodes whose /tmp is shared or small), RAY_AUTH_MODE (default: token, see
+# below).
 # The dashboard listens on 127.0.0.1:8265 of the head only; see ray/README.md for the tunnel.
 #
 #SBATCH --job-name=cejobs-ray
@@ -63,7 +65,10 @@ fi
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 num_nodes="${#nodes[@]}"
 head_node="${nodes[0]}"
-head_ip="${CEJOBS_RAY_HEAD_IP:-$(getent ahostsv4 "$head_node" | awk 'NR == 1 { print $1 }')}"
+head_ip="${CEJOBS_RAY_HEAD_IP:-$(getent ahostsv4 "$head_node" | awk 'NR == 1 { print $1 }' || true)}"
+if [[ -z "$head_ip" ]]; then  # a node name that does not resolve: SLURM's NodeAddr
+    head_ip="$(scontrol show node -o "$head_node" | sed -n 's/.* NodeAddr=\([^ ]*\).*/\1/p')"
+fi
 if [[ -z "$head_ip" ]]; then
     echo "error: cannot resolve $head_node; set CEJOBS_RAY_HEAD_IP" >&2
     exit 2
@@ -102,8 +107,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# `ray ARGS` on a node, with its own temp dir under CEJOBS_RAY_TEMP_DIR when that is set
+on_node=(bash -c 'args=("$@"); if [[ -n "${CEJOBS_RAY_TEMP_DIR:-}" ]]; then
+    args+=(--temp-dir="$CEJOBS_RAY_TEMP_DIR/$SLURMD_NODENAME"); fi; exec "${args[@]}"' ray-on-node)
 srun --nodes=1 --ntasks=1 -w "$head_node" \
-    "$ray_cli" start --head --block --node-ip-address="$head_ip" --port="$port" \
+    "${on_node[@]}" "$ray_cli" start --head --block --node-ip-address="$head_ip" --port="$port" \
     "${start_args[@]}" &
 steps+=("$!")
 
@@ -127,7 +135,7 @@ wait_for_nodes 1
 if (( num_nodes > 1 )); then
     srun --nodes=$((num_nodes - 1)) --ntasks=$((num_nodes - 1)) --ntasks-per-node=1 \
         --exclude="$head_node" \
-        "$ray_cli" start --address="$address" --block "${start_args[@]}" &
+        "${on_node[@]}" "$ray_cli" start --address="$address" --block "${start_args[@]}" &
     steps+=("$!")
     wait_for_nodes "$num_nodes"
 fi

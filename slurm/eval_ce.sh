@@ -34,5 +34,5 @@ if (( $# < 1 )); then
     exit 2
 fi
 echo "eval_ce.sh: task ${SLURM_ARRAY_TASK_ID:-none} of job ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-none}}" \
-     "(restart ${SLURM_RESTART_COUNT:-0}) on $(hostname)"
+     "(restart ${SLURM_RESTART_COUNT:-0}) on $(hostname) [$(hostname -I 2>/dev/null | xargs || true)]"
 exec "${CEJOBS_PYTHON:-python}" -m cejobs.array_task evaluate "$@"

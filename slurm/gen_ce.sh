@@ -39,6 +39,7 @@ fi
 config="$1"
 shift
 echo "gen_ce.sh: task ${SLURM_ARRAY_TASK_ID:-none} of job ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-none}}" \
-     "(restart ${SLURM_RESTART_COUNT:-0}) on $(hostname), config ${config}"
+     "(restart ${SLURM_RESTART_COUNT:-0}) on $(hostname) [$(hostname -I 2>/dev/null | xargs || true)]," \
+     "config ${config}"
 # exec: python becomes the batch shell, so the B:USR2 warning and scancel's SIGTERM reach it.
 exec "${CEJOBS_PYTHON:-python}" -m cejobs.array_task generate --config "${config}" "$@"

@@ -35,3 +35,20 @@ class Gate:
             _, shard, pid = p.name.split("-")
             found[int(shard)] = int(pid)
         return found
+
+    def writes(self) -> dict[int, list[tuple[int, int, float]]]:
+        """shard -> [(pid, start ns, end ns or inf)] of every write of it (hooks docstring)."""
+        found: dict[int, list[tuple[int, int, float]]] = {}
+        for p in (self.path / "writes").glob("*"):
+            shard, pid, start, *end = p.name.split("-")
+            found.setdefault(int(shard), []).append(
+                (int(pid), int(start), float(end[0]) if end else float("inf")))
+        return found
+
+    def assert_one_writer_at_a_time(self) -> None:
+        """No two processes wrote one shard at overlapping times."""
+        for shard, spans in self.writes().items():
+            spans.sort(key=lambda x: x[1])
+            for (pid_a, _, end_a), (pid_b, start_b, _) in zip(spans, spans[1:]):
+                assert pid_a == pid_b or end_a < start_b, (
+                    f"shard {shard} written by pids {pid_a} and {pid_b} at once: {spans}")

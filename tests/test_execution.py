@@ -134,3 +134,67 @@ def test_slurm_tasks_requeue_through_submitit_checkpointable(tmp_path):
     assert isinstance(job, Checkpointable) and isinstance(again, DelayedSubmission)
     assert again.function is job and again.args == (3,)
     assert pickle.loads(pickle.dumps(job)).task.config == config
+
+
+# ---------------------------------------------------------------------------- the watchdog
+def test_shard_timeout_is_set_or_derived_from_finished_shards():
+    from cejobs.backends.watchdog import FACTOR, FLOOR_S, shard_timeout
+
+    assert shard_timeout(30, []) == 30.0  # --shard-timeout wins
+    assert shard_timeout(0, []) is None  # nothing finished yet: no timeout
+    assert shard_timeout(0, [1.0, 2.0, 400.0]) == FLOOR_S  # 10 x median 2 s is under the floor
+    assert shard_timeout(0, [60.0, 50.0, 70.0, float("nan")]) == FACTOR * 60.0
+
+
+def test_a_claim_without_heartbeat_for_the_shard_timeout_is_stale(tmp_path):
+    """The SLURM watchdog: a hung owner (stopped: no heartbeat) loses its claim after the
+    shard timeout, long before the lease ends."""
+    import os
+    import time
+
+    owner = ClaimBoard(tmp_path, Owner("elsewhere", 1, run="r"), lease_s=600)
+    assert owner.try_claim(3) is not None
+    me = ClaimBoard(tmp_path, Owner.current(run="r"), lease_s=600)
+    old = time.time() - 30
+    os.utime(tmp_path / "3", (old, old))
+    assert me.stale_reason(me.read(3)) is None  # no shard timeout yet: only the lease
+    me.hung_s = 20.0
+    assert me.stale_reason(me.read(3)).startswith("hung: no heartbeat for 3")
+
+
+def test_ray_fence_is_shorter_than_node_death():
+    from cejobs.backends.ray.actors import fence_seconds
+
+    assert fence_seconds({}) == 7.5  # Ray's defaults: dead after 5 checks 3 s apart (15 s)
+    assert fence_seconds({"RAY_health_check_period_ms": "1000",
+                          "RAY_health_check_failure_threshold": "3"}) == 1.5
+    assert fence_seconds({"RAY_health_check_period_ms": "100",
+                          "RAY_health_check_failure_threshold": "2"}) == 1.0
+
+
+def test_a_task_abandons_a_shard_whose_claim_was_taken_over(tmp_path):
+    """A stopped task that is continued after its claim was taken over (its owner looked
+    hung) abandons the shard in hand instead of writing it beside the task that took it."""
+    import signal
+    import threading
+    import time
+
+    from cejobs.backends.slurm.claims import Heartbeat
+    from cejobs.backends.slurm.loop import Abandoned, Stopper
+
+    stopper = Stopper()
+    on_lost = stopper.abandon_on()
+    try:
+        mine = ClaimBoard(tmp_path, Owner("here", 1, run="r")).try_claim(0)
+        beat = Heartbeat(interval_s=0.05, on_lost=on_lost)
+        beat.claim = mine
+        other = ClaimBoard(tmp_path, Owner("there", 2, run="r"))
+        with pytest.raises(Abandoned), stopper.computing():
+            threading.Thread(target=lambda: other.take_over(other.read(0))).start()
+            deadline = time.monotonic() + 60  # liveness bound: the heartbeat sees it in ~0.05 s
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert beat.lost == {0}
+        beat.close()
+    finally:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)

@@ -46,6 +46,10 @@ class Resources:
     max_retries: int = _f(3, "retries of a shard whose worker was lost (ray: actor or node "
                              "died; slurm: claim gone stale); a shard that raised is not "
                              "retried", ge=0)
+    shard_timeout: float = _f(0.0, "seconds after which a running shard counts as hung: ray "
+                                   "kills its worker and retries it elsewhere, slurm lets "
+                                   "another task take over its claim (0: 10 x the median "
+                                   "finished shard, at least 120 s)", ge=0)
     max_in_flight: int = _f(0, "ray: shards queued per worker at most (0 = 2)", ge=0)
     ray_address: str | None = _f(None, "ray cluster address; unset: RAY_ADDRESS, else a local Ray")
     partition: str | None = _f(None, "slurm: partition")

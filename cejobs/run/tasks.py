@@ -5,10 +5,14 @@ Kept free of models and data so that drivers and backends import it cheaply.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import re
 import socket
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,8 +55,28 @@ class ShardResult:
         return self.error is None
 
 
+def host_address() -> str | None:
+    """This host's IPv4 address: the source address of its default route, else its first
+    non-loopback local address (Linux's /proc/net/fib_trie, per network namespace)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent, only a route looked up
+        return s.getsockname()[0]
+    with contextlib.suppress(OSError):
+        found = re.findall(r"\|-- (\d+\.\d+\.\d+\.\d+)\n\s+/32 host LOCAL",
+                           Path("/proc/net/fib_trie").read_text())
+        return next((a for a in found if not a.startswith("127.")), None)
+    return None
+
+
+@functools.cache
+def host_label() -> str:
+    """HOST@ADDRESS: hosts that share a name (containers, namespaces) differ by address."""
+    address = host_address()
+    return f"{socket.gethostname()}@{address}" if address else socket.gethostname()
+
+
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host_label()}:{os.getpid()}"
 
 
 def run_shard_safely(worker, shard: int) -> ShardResult:

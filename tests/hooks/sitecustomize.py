@@ -7,6 +7,10 @@ Tests open the gate shard by shard, so what is done when they stop, kill or insp
 depends on what they allowed, never on how fast this machine is. The production code knows
 nothing of it: the hook wraps the worker class when its module is first imported. Without the
 variable it does nothing.
+
+It also records every shard write (CEStore.write_shard): `<folder>/writes/<shard>-<pid>-<start
+ns>` is made before the write and gets `-<end ns>` appended after it, so tests can check that
+no shard was written by two workers at once (a write that never ended counts as running on).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import time
 from pathlib import Path
 
 GATE_ENV = "CEJOBS_TEST_GATE"
-TARGETS = {"cejobs.run.generate_worker": ("GenerateWorker", "run_shard")}  # module: (class, method)
 
 
 def wait_at_gate(gate: Path, shard: int) -> None:
@@ -32,11 +35,28 @@ def wait_at_gate(gate: Path, shard: int) -> None:
         marker.unlink(missing_ok=True)
 
 
+def _recorded(method):
+    def write_shard(self, shard, *args, **kwargs):
+        folder = Path(os.environ[GATE_ENV]) / "writes"
+        folder.mkdir(exist_ok=True)
+        started = folder / f"{int(shard)}-{os.getpid()}-{time.time_ns()}"
+        started.touch()
+        result = method(self, shard, *args, **kwargs)
+        started.rename(f"{started}-{time.time_ns()}")
+        return result
+    return write_shard
+
+
 def _gated(method):
     def run_shard(self, shard, *args, **kwargs):
         wait_at_gate(Path(os.environ[GATE_ENV]), int(shard))
         return method(self, shard, *args, **kwargs)
     return run_shard
+
+
+# module: (class, method, wrapper)
+TARGETS = {"cejobs.run.generate_worker": ("GenerateWorker", "run_shard", _gated),
+           "cejobs.run.store": ("CEStore", "write_shard", _recorded)}
 
 
 class _GateFinder(importlib.abc.MetaPathFinder):
@@ -51,12 +71,12 @@ class _GateFinder(importlib.abc.MetaPathFinder):
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
-        cls_name, method_name = TARGETS[name]
+        cls_name, method_name, wrap = TARGETS[name]
 
         def exec_and_patch(module):
             exec_module(module)
             cls = getattr(module, cls_name)
-            setattr(cls, method_name, _gated(getattr(cls, method_name)))
+            setattr(cls, method_name, wrap(getattr(cls, method_name)))
 
         spec.loader.exec_module = exec_and_patch
         return spec

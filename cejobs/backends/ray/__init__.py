@@ -12,6 +12,11 @@
   behind it are requeued without counting a retry. A shard that raised (non-finite CEs, a bad
   input) is reported with its error and not retried: its numbers depend only on the seed and
   its position, so a retry would raise again. A resume runs it again.
+- A shard that runs longer than the shard timeout (`--shard-timeout`, else derived from the
+  finished shards: cejobs.backends.watchdog) is hung: its actor is killed and the shard
+  retried like one whose worker died. An actor cut off from the head exits by itself before
+  Ray declares its node dead (actors.py, `Fence`), so a shard is never run by a lost actor
+  and its replacement at once.
 - An actor whose start-up raised (store not visible on its node, checkpoint differs) is
   retired with that error; when no actor is left, the remaining shards fail with it.
 """
@@ -19,12 +24,14 @@
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.backends.ray.actors import ActorPlan, ShardActor, plan_actors
 from cejobs.backends.ray.cluster import check_address, connect, log, loss_reason, one_line
+from cejobs.backends.watchdog import describe, shard_timeout
 from cejobs.run.tasks import ShardResult, ShardTask
 
 WAIT_LOG_SECONDS = 60.0  # how often to say that no actor has started yet
@@ -40,6 +47,7 @@ class _Slot:
     info: dict[str, Any] = field(default_factory=dict)
     outstanding: collections.deque = field(default_factory=collections.deque)  # (ref, shard)
     retired: bool = False
+    started: float | None = None  # monotonic time its running shard started
 
 
 class RayBackend:
@@ -52,10 +60,12 @@ class RayBackend:
         max_in_flight: int = 2,  # shards queued per actor
         max_retries: int = 3,  # retries of a shard after its worker died
         device: str = "auto",  # cpu: CPU actors even on a GPU cluster
+        shard_timeout: float = 0.0,  # hung after this many seconds (0: from finished shards)
     ):
         self.address, self.workers, self.threads = address, workers, max(1, threads)
         self.gpus_per_worker, self.max_in_flight = gpus_per_worker, max(1, max_in_flight)
         self.max_retries, self.device = max_retries, device
+        self.shard_timeout = shard_timeout
 
     @classmethod
     def from_config(cls, config) -> "RayBackend":
@@ -63,6 +73,7 @@ class RayBackend:
             address=config.ray_address, workers=config.workers, threads=config.threads or 1,
             gpus_per_worker=config.gpus_per_worker, max_in_flight=config.max_in_flight or 2,
             max_retries=config.max_retries, device=config.device,
+            shard_timeout=config.shard_timeout,
         )
 
     def preflight(self) -> None:
@@ -109,6 +120,7 @@ class _Run:
         self.replacements_left = plan.count * max(backend.max_retries, 1)
         self.last_error = ""
         self.per_worker: collections.Counter[str] = collections.Counter()
+        self.seconds: list[float] = []  # times of the finished shards (the watchdog)
 
     # ------------------------------------------------------------------ actors
     def _start(self, index: int | None = None) -> None:
@@ -130,12 +142,14 @@ class _Run:
         self.last_error = error
         ray.kill(slot.actor, no_restart=True)
 
-    def _lost(self, index: int, error: BaseException) -> None:
-        """The actor of `index` (or its node) died: requeue its shards, replace it."""
+    def _lost(self, index: int, error: BaseException | None, reason: str = "") -> None:
+        """The actor of `index` (or its node) died, or hung (`error` None, `reason` says
+        why): requeue its shards, kill it, replace it."""
         import ray
 
         slot = self.slots[index]
-        reason = loss_reason(error)
+        reason = reason or loss_reason(error)
+        slot.started = None
         lost = [shard for _, shard in slot.outstanding]
         for ref, _ in slot.outstanding:
             self.refs.pop(ref, None)
@@ -153,7 +167,7 @@ class _Run:
                 requeue.append(running)
             requeue += lost[1:]
         self.queue.extendleft(reversed(requeue))
-        name = slot.info.get("worker", f"worker {index}")
+        name = f"worker {index} on {slot.info.get('worker', '?')}"
         init_failed = bool(getattr(error, "actor_init_failed", False))
         ray.kill(slot.actor, no_restart=True)
         if init_failed or self.replacements_left <= 0:
@@ -175,6 +189,8 @@ class _Run:
             for index, slot in enumerate(self.slots):
                 if self.queue and slot.ready and len(slot.outstanding) <= level:
                     shard = self.queue.popleft()
+                    if not slot.outstanding:  # runs now
+                        slot.started = time.monotonic()
                     ref = slot.actor.run.remote(shard)
                     slot.outstanding.append((ref, shard))
                     self.refs[ref] = (index, shard)
@@ -218,12 +234,40 @@ class _Run:
             self._lost(index, e)
             return
         slot.outstanding = collections.deque(o for o in slot.outstanding if o[0] != ref)
+        slot.started = time.monotonic() if slot.outstanding else None  # the next one runs
         self.on_result(result)
         if result.ok:
+            self.seconds.append(result.seconds)
             self.report.done.append(shard)
             self.per_worker[result.worker] += 1
         else:
             self.report.failed[shard] = result.error
+
+    # ------------------------------------------------------------------ watchdog
+    def _timeout(self) -> float | None:
+        return shard_timeout(self.backend.shard_timeout, self.seconds)
+
+    def _wait_s(self) -> float:
+        """Until the next thing to do: a log line, or the earliest running shard's deadline."""
+        timeout = self._timeout()
+        starts = [s.started for s in self.slots if s.started is not None and s.outstanding]
+        if timeout is None or not starts:
+            return WAIT_LOG_SECONDS
+        return min(WAIT_LOG_SECONDS, max(0.1, min(starts) + timeout - time.monotonic() + 0.1))
+
+    def _watchdog(self) -> bool:
+        """Kill and replace every actor whose running shard is over the timeout."""
+        timeout, now, fired = self._timeout(), time.monotonic(), False
+        if timeout is None:
+            return False
+        for index, slot in enumerate(self.slots):
+            if slot.started is None or not slot.outstanding or now - slot.started <= timeout:
+                continue
+            shard = slot.outstanding[0][1]
+            self._lost(index, None, f"hung: shard {shard} ran {now - slot.started:.0f} s, "
+                                    f"over the {describe(self.backend.shard_timeout, timeout)}")
+            fired = True
+        return fired
 
     def loop(self, shards: Sequence[int]) -> RunReport:
         import ray
@@ -237,7 +281,10 @@ class _Run:
                     self._fail(shard, self.last_error or "no worker left")
                 self.queue.clear()
                 break
-            done, _ = ray.wait(list(self.refs), num_returns=1, timeout=WAIT_LOG_SECONDS)
+            done, _ = ray.wait(list(self.refs), num_returns=1, timeout=self._wait_s())
+            if self._watchdog():
+                self._dispatch()
+                continue
             if not done:
                 if not any(s.ready for s in self.slots):
                     log(f"waiting for resources: 0 of {len(self.slots)} workers started "

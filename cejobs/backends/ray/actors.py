@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -17,6 +21,46 @@ def actor_device(config_device: str, gpu_ids: Sequence[Any], cuda_available: boo
     if os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"):  # sees every GPU
         return f"cuda:{gpu_ids[0]}"
     return "cuda"  # Ray set CUDA_VISIBLE_DEVICES to this actor's GPU(s)
+
+
+def fence_seconds(env=os.environ) -> float:
+    """How long an actor may be cut off from the head before it exits: half the time Ray's
+    GCS takes at least to declare a silent node dead (health_check_period_ms x
+    health_check_failure_threshold, Ray's defaults 3000 and 5), at least 1 s."""
+    period_ms = float(env.get("RAY_health_check_period_ms", 3000))
+    threshold = float(env.get("RAY_health_check_failure_threshold", 5))
+    return max(1.0, period_ms * threshold / 2000.0)
+
+
+class Fence:
+    """Self-fencing: a daemon thread that connects to the head's GCS every `period` seconds;
+    after `limit` seconds without a connection the actor's process exits. The driver only
+    requeues an actor's shards once Ray has declared it or its node dead, which takes longer,
+    so a cut-off actor never writes a shard while its replacement does."""
+
+    def __init__(self, gcs_address: str, where: str, limit: float, period: float = 0.5):
+        host, _, port = gcs_address.rpartition(":")
+        self.target, self.where, self.limit, self.period = (host, int(port)), where, limit, period
+        threading.Thread(target=self._watch, name="cejobs-fence", daemon=True).start()
+
+    def _reachable(self) -> bool:
+        try:
+            with socket.create_connection(self.target, timeout=max(self.period, 1.0)):
+                return True
+        except OSError:
+            return False
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while True:
+            time.sleep(self.period)
+            if self._reachable():
+                last = time.monotonic()
+            elif time.monotonic() - last > self.limit:
+                print(f"ray: worker {self.where} cannot reach the head at "
+                      f"{self.target[0]}:{self.target[1]} for {self.limit:.1f} s; exiting so "
+                      f"that its shards run elsewhere", file=sys.stderr, flush=True)
+                os._exit(75)
 
 
 class ShardActor:
@@ -45,6 +89,8 @@ class ShardActor:
                     if isinstance(e, StoreError) else "")
             self.error = f"{type(e).__name__}: {e}{hint}"
         self.name = worker_name()
+        if ray.is_initialized():  # in a Ray worker (tests also build one in-process)
+            Fence(ray.get_runtime_context().gcs_address, self.name, fence_seconds())
 
     def ready(self) -> dict[str, Any]:
         import torch

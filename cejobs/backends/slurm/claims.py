@@ -9,7 +9,8 @@ until nothing is left. A resubmitted array therefore finishes exactly what is le
   also on NFS). Its JSON names the owner: SLURM job and array task, restart count, host, pid,
   run, and a token unique to the claim.
 - While the shard runs, a heartbeat thread refreshes the claim's mtime.
-- A claim is stale, and may be taken over, when its heartbeat is older than the lease, when
+- A claim is stale, and may be taken over, when its heartbeat is older than the lease or
+  than the shard timeout (the watchdog: its owner is hung, e.g. stopped), when
   its owner's SLURM job is no longer running (or is a later run of a requeued job), or when
   its owner process on this host is gone. A takeover renames the stale file away first, so
   only one taker wins.
@@ -28,16 +29,16 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from cejobs.backends.slurm.squeue import SlurmJobs
+from cejobs.run.tasks import host_label
 
 CLAIMS_DIR = "claims"
 LEASE_S = 600.0  # a claim without a heartbeat for this long is stale
@@ -79,7 +80,7 @@ class Owner:
         job = env.get("SLURM_JOB_ID")
         array, index = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
         return cls(
-            host=socket.gethostname(), pid=os.getpid(),
+            host=host_label(), pid=os.getpid(),
             run=run or array or job or f"pid{os.getpid()}",
             job=job, task=f"{array}_{index}" if array and index else None,
             restart=int(env.get("SLURM_RESTART_COUNT") or 0),
@@ -156,6 +157,7 @@ class ClaimBoard:
         self.root = Path(root)
         self.owner = owner
         self.lease_s = lease_s
+        self.hung_s: float | None = None  # the shard timeout, when there is one (watchdog)
         self.slurm = slurm if slurm is not None else SlurmJobs()
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -203,6 +205,8 @@ class ClaimBoard:
         age = time.time() - info.mtime
         if age > self.lease_s:
             return f"no heartbeat for {age:.0f} s (lease {self.lease_s:.0f} s)"
+        if self.hung_s is not None and age > self.hung_s:
+            return f"hung: no heartbeat for {age:.0f} s, over the shard timeout {self.hung_s:.0f} s"
         owner, me = info.owner, self.owner
         if owner.job and owner.job == me.job and owner.restart < me.restart:
             return f"left by run {owner.restart} of this requeued job"
@@ -316,8 +320,11 @@ def _safe(text: str) -> str:
 class Heartbeat:
     """Refreshes the mtime of the claim being worked on, from a daemon thread."""
 
-    def __init__(self, interval_s: float = HEARTBEAT_S):
-        self.interval_s = interval_s
+    def __init__(self, interval_s: float = HEARTBEAT_S,
+                 on_lost: Callable[[int], bool] | None = None):
+        """`on_lost(shard)`: called from this thread when the held claim was taken over;
+        True when the shard in hand is abandoned (loop.py), else it is finished anyway."""
+        self.interval_s, self.on_lost = interval_s, on_lost
         self.claim: Claim | None = None
         self.lost: set[int] = set()
         self._stop = threading.Event()
@@ -325,14 +332,23 @@ class Heartbeat:
         self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        last = time.monotonic()
+        # wakes often: the loop may shorten interval_s (the watchdog) at any time
+        while not self._stop.wait(min(1.0, self.interval_s)):
+            if time.monotonic() - last < self.interval_s:
+                continue
+            last = time.monotonic()
             claim = self.claim
             if claim is None or claim.shard in self.lost or claim.touch():
                 continue
             if self.claim is claim:  # not just released by the main thread
                 self.lost.add(claim.shard)
-                log(f"lost the claim of shard {claim.shard} (taken over as stale); "
-                    f"finishing it anyway: it writes the same bytes")
+                if self.on_lost is not None and self.on_lost(claim.shard):
+                    log(f"lost the claim of shard {claim.shard} (taken over as stale); "
+                        f"abandoning it")
+                else:
+                    log(f"lost the claim of shard {claim.shard} (taken over as stale); "
+                        f"finishing it anyway: it writes the same bytes")
 
     def close(self) -> None:
         self._stop.set()

@@ -8,18 +8,30 @@ Attempts (--max-retries, as on Ray): a shard that raised is not retried in this 
 whose worker was lost (its claim went stale and was taken over) or whose worker could not
 start is retried until it has failed more than max_retries times. A resubmission (a new run)
 tries every shard not done again.
+
+The watchdog (--shard-timeout, cejobs.backends.watchdog): while a shard timeout applies, the
+heartbeat beats at least four times per timeout, a claim whose heartbeat is older than the
+timeout is stale (its owner hung), and a task that finds every pending shard claimed keeps
+watching those claims instead of ending, so that one of them is taken over when its owner
+hangs. A task whose claim was taken over while it computed (it was stopped, then continued)
+abandons that shard (`Abandoned`, raised by SIGALRM from the heartbeat thread) unless it is
+already committing it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
+import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from cejobs.backends.slurm.claims import (HEARTBEAT_S, LEASE_S, ClaimBoard, Heartbeat, Owner,
                                           claims_root, log)
+from cejobs.backends.watchdog import shard_timeout
 
 if TYPE_CHECKING:  # kept light: the summary step runs without torch
     from cejobs.run.tasks import ShardTask
@@ -29,6 +41,11 @@ if TYPE_CHECKING:  # kept light: the summary step runs without torch
 class Interrupted(BaseException):
     """Raised in the main thread by a stop signal while a shard computes. A BaseException,
     so that run_shard_safely does not turn it into a failed shard."""
+
+
+class Abandoned(Interrupted):
+    """Raised in the main thread when the claim of the shard it computes was taken over
+    (its owner looked hung): the shard is left to the task that took it."""
 
 
 class Stopper:
@@ -59,6 +76,30 @@ class Stopper:
             self._computing = False
             raise Interrupted(self.reason)
 
+    def abandon_on(self, sig: int = signal.SIGALRM) -> Callable[[int], bool] | None:
+        """For Heartbeat(on_lost=...): a function that makes the main thread abandon the shard
+        it computes (`sig` raises Abandoned there). None outside the main thread, where no
+        signal handler can be set."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handle(signum, frame) -> None:
+            from cejobs.run.store import COMMIT
+
+            if self._computing and not COMMIT.active:  # a commit in progress finishes
+                self._computing = False
+                raise Abandoned("claim taken over")
+
+        signal.signal(sig, handle)
+        main = threading.main_thread().ident
+
+        def on_lost(shard: int) -> bool:
+            if not self._computing:
+                return False
+            signal.pthread_kill(main, sig)
+            return True
+        return on_lost
+
     @contextlib.contextmanager
     def computing(self):
         if self.reason:
@@ -76,6 +117,14 @@ def _start_worker(task: ShardTask, threads: int, make_worker: Callable | None):
 
     set_threads(threads)  # 0: the CPUs of this task (SLURM_CPUS_PER_TASK, affinity)
     return (make_worker or task.job.make_worker)(task)
+
+
+def _finished_seconds(store, task: ShardTask) -> list[float]:
+    """How long each done shard took, from the store's timing arrays (every task's)."""
+    prefix = task.job.timing_prefix(task)
+    done = task.job.flags(store, task)[1]
+    took = store.read_rows(f"{prefix}/finished_at") - store.read_rows(f"{prefix}/started_at")
+    return [float(t) for t, d in zip(took, done) if d and not math.isnan(t)]
 
 
 @dataclass
@@ -110,9 +159,13 @@ def claim_loop(
     cleared = board.clear_own_leftovers()
     if cleared:
         log(f"released claims left by an earlier run of this job: shards {cleared}")
-    heartbeat = Heartbeat(heartbeat_s)
+    heartbeat = Heartbeat(heartbeat_s, on_lost=stopper.abandon_on())
+    watching = False  # said that we watch the claims of others
     try:
         while not stopper.reason:
+            board.hung_s = timeout = shard_timeout(config.shard_timeout,
+                                                   _finished_seconds(store, task))
+            heartbeat.interval_s = min(heartbeat_s, timeout / 4) if timeout else heartbeat_s
             given_up = board.given_up(owner.run, config.max_retries)
             pending = [s for s in pending_shards(store, task) if s not in skip and
                        s not in given_up]
@@ -120,9 +173,16 @@ def claim_loop(
                 break
             i = start % len(pending)
             got = board.acquire(pending[i:] + pending[:i])
-            if got is None:
+            if got is None and timeout is None:
                 log(f"{len(pending)} shard(s) not done, all claimed by running tasks")
                 break
+            if got is None:  # the watchdog: one of them may hang
+                if not watching:
+                    log(f"{len(pending)} shard(s) not done, all claimed by running tasks; "
+                        f"watching their claims (shard timeout {timeout:.0f} s)")
+                watching = True
+                time.sleep(min(5.0, timeout / 4))
+                continue
             claim, stale = got
             shard = claim.shard
             if stale:
@@ -138,6 +198,10 @@ def claim_loop(
                         if worker is None:  # only once there is a shard: loads the models
                             worker = _start_worker(task, config.threads, make_worker)
                         result = run_shard_safely(worker, shard)
+                except Abandoned:
+                    log(f"shard {shard} abandoned: its claim was taken over (hung?); the "
+                        f"task that took it runs it")
+                    continue
                 except Interrupted:
                     report.interrupted = stopper.reason
                     log(f"shard {shard} abandoned ({stopper.reason}): not done, claim released")
