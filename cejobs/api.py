@@ -74,9 +74,11 @@ def open_store(path: str | Path) -> StoreData:
     from cejobs.eval.metrics import distance_summary
     from cejobs.eval.report import StoreResult, distance_table
     from cejobs.run.layout import eval_prefix
+    from cejobs.run.storage import zarr_store
 
     store = CEStore.open(path)
-    tree = xr.open_datatree(str(store.path), engine="zarr", consolidated=False)
+    tree = xr.open_datatree(zarr_store(store.path, read_only=True), engine="zarr",
+                            consolidated=False)
     lay = store.layout
     rows = np.flatnonzero(np.repeat(store.done(), lay.shard_size)[:lay.num_sources])
     k = lay.ces_per_source
@@ -91,13 +93,12 @@ def open_store(path: str | Path) -> StoreData:
                     and n not in ("ce/x", "ce/target", "ce/l2", "ce/l0"))
     for name in ["ce/target", "ce/l2", "ce/l0", *extras]:
         frame[name.removeprefix("ce/")] = store.read_rows(name)[rows].reshape(-1)
-    eval_root = store.path / "eval"
-    for group in sorted(eval_root.iterdir()) if eval_root.is_dir() else []:
-        if (group / "zarr.json").exists():
-            prefix = eval_prefix(group.name)
+    for name in store.eval_names():  # key methods: a folder, or a prefix in object storage
+        if store.key_kind(f"{eval_prefix(name)}/zarr.json") == "file":
+            prefix = eval_prefix(name)
             prob = store.read_rows(f"{prefix}/ce_prob")[rows]  # (n, K, classes)
             target = frame["target"].reshape(len(rows), k)
-            frame[f"p_target_{group.name}"] = np.take_along_axis(
+            frame[f"p_target_{name}"] = np.take_along_axis(
                 prob, target[..., None], axis=-1).reshape(-1)
     ces = pd.DataFrame(frame)
     valid = np.zeros(lay.num_sources, dtype=bool)

@@ -6,7 +6,9 @@ Subcommands:
             estimate_mfu habit). Needs only torch: it runs on a bare GPU image.
             --fast: the fast path (cejobs/method/fastpath.py); --check: its equivalence check.
   scaling   CE throughput of the Ray backend with 1 and 2 CPU workers on a real local Ray.
-  store     Fraction of shard time spent writing zarr, read from a finished store.
+  store     Fraction of shard time spent writing zarr, read from a finished store, or of a
+            synthetic CIFAR10 shard on local disk and S3 (--moto, --s3; cejobs/bench_s3.py).
+  scale     Status and resume-planning time of a store of 10,000 done shards (local or S3).
   memory    Peak RSS of the generate driver as the number of sources grows.
   train     Seconds per training iteration of a U-Net preset (forward, backward, Adam).
   generate  The generation worker's shards end to end (start-up, loading, sampling, writes),
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from cejobs import bench_fast, bench_generate, bench_load, bench_steps
+from cejobs import bench_fast, bench_generate, bench_load, bench_s3, bench_steps
 from cejobs.models.compiled import maybe_compile
 from cejobs.models.unet import UNET_PRESETS, UNet
 from cejobs.method.noise import CENoise
@@ -226,11 +228,10 @@ def bench_scaling(args) -> dict:
 def bench_store(args) -> dict:
     """Zarr write time of shards: read from a finished store, or timed on a synthetic
     CIFAR10-shaped shard (50 sources x 20 CEs x 3x32x32, random values: the worst case for
-    compression) against the measured GPU shard time."""
+    compression) against the measured GPU shard time, on local disk and on S3 (bench_s3)."""
     import numpy as np
 
-    from cejobs.run.layout import Layout, generation_arrays
-    from cejobs.run.store import CEStore, create_or_open
+    from cejobs.run.store import CEStore
 
     if args.store:
         store = CEStore.open(args.store)
@@ -243,24 +244,11 @@ def bench_store(args) -> dict:
                     write_fraction_mean=float(np.mean(frac)),
                     write_fraction_max=float(np.max(frac)),
                     write_seconds_mean=float(np.mean(write)))
-    n, k, shards = 50, 20, 4
-    layout = Layout(n * shards, k, 10, (3, 32, 32), n)
-    rng = np.random.default_rng(0)
-    data = {"source/x": rng.random((n, 3, 32, 32), dtype=np.float32),
-            "source/y": rng.integers(0, 10, n), "source/index": np.arange(n),
-            "ce/x": rng.random((n, k, 3, 32, 32), dtype=np.float32),
-            "ce/target": np.tile(np.repeat(np.arange(10), 2), (n, 1)),
-            "ce/l2": rng.random((n, k), dtype=np.float32),
-            "ce/l0": rng.random((n, k), dtype=np.float32)}
+    out = bench_s3.bench_store_targets(args)  # local disk, and S3 with --moto or --s3
+    data, _ = bench_s3.synthetic_shard()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        store = create_or_open(Path(tmp) / "bench.zarr", {}, layout, generation_arrays(), {})
-        seconds = [store.write_shard(s, data) for s in range(shards)]
-        checksums = _checksum_costs(data["ce/x"], Path(tmp))
-    mean = float(np.mean(seconds))
-    return dict(bench="store", synthetic="cifar10 shard, 50 sources x 20 CEs, float32",
-                ce_x_mib=data["ce/x"].nbytes / 2**20, write_seconds=seconds,
-                write_seconds_mean=mean, gpu_shard_seconds=args.shard_seconds,
-                write_fraction=mean / args.shard_seconds, checksums_ms=checksums)
+        out["checksums_ms"] = _checksum_costs(data["ce/x"], Path(tmp))
+    return out
 
 
 def _checksum_costs(x, folder: Path, repeat: int = 20) -> dict:
@@ -344,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=None, help="folder for the synthetic store")
     p.add_argument("--shard-seconds", type=float, default=90.0,
                    help="shard compute time to compare with (H200, compiled bf16)")
+    bench_s3.add_parsers(sub, p)
     bench_steps.add_parser(sub)
     bench_generate.add_parser(sub)
     bench_fast.add_fusion_parser(sub)
@@ -361,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_fast.main_check(result) if args.check else 0
     result = {"fusion": bench_fast.bench_fusion, "generate": bench_generate.bench_generate,
               "sampler": bench_sampler, "scaling": bench_scaling, "store": bench_store,
-              "memory": bench_memory, "train": bench_train, "steps": bench_steps.bench_steps,
+              "memory": bench_memory, "scale": bench_s3.bench_scale, "train": bench_train, "steps": bench_steps.bench_steps,
               "load": bench_load.bench_load}[args.bench](args)
     print(json.dumps(result, indent=2))
     if getattr(args, "markdown", False):

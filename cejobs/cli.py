@@ -8,10 +8,11 @@ from typing import Any, Callable
 
 from cejobs.data import DatasetError
 from cejobs.models.checkpoint import CheckpointError
+from cejobs.run.storage import StorageError
 from cejobs.run.store import StoreError
 from cejobs.settings import ConfigError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, StoreError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, StoreError, StorageError)
 EXIT_USAGE = 2
 
 

@@ -259,11 +259,13 @@ class _StoreCEPixels:
 def _store(name: str, split: str) -> ImageDataset:
     import zarr
 
-    path = Path(name[len("store:"):])
+    from cejobs.run.storage import location, zarr_store
+
+    path = location(name[len("store:"):])  # a path or an object-storage URL
     if not path.exists():
         raise DatasetError(f"store not found: {path}")
     try:
-        root = zarr.open_group(str(path), mode="r")
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
         ce_x, target = root["ce/x"], root["ce/target"]
         done = np.asarray(root["shard/done"][:]) if "shard" in root and "done" in root["shard"] else None
     except Exception as exc:

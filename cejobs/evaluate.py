@@ -32,6 +32,7 @@ from cejobs.run.config import ConfigError, EvaluateConfig, parse_evaluate_args
 from cejobs.run.kinds import pending_shards
 from cejobs.run.lease import DriverLease
 from cejobs.run.repair import repair
+from cejobs.run.storage import location
 from cejobs.run.store import CEStore, create_eval_arrays
 from cejobs.run.tasks import ShardTask
 
@@ -53,7 +54,7 @@ def prepare(config: EvaluateConfig | list[str] | None) -> EvalJob:
     config, or the command line's arguments."""
     if not isinstance(config, EvaluateConfig):
         config = parse_evaluate_args(config)
-    paths = [Path(s) for s in config.store]
+    paths = [location(s) for s in config.store]
     if len({p.resolve() for p in paths}) != len(paths):
         raise ConfigError("a store is given twice with --store")
     stores = [CEStore.open(p) for p in paths]

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cejobs.status", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Shards done / total, CEs, throughput and ETA of a store.")
-    parser.add_argument("--store", required=True, help="zarr store path")
+    parser.add_argument("--store", required=True, help="zarr store: a path or s3://... URL")
     parser.add_argument("--verify", action="store_true",
                         help="re-read every chunk of every done shard (generation and eval/), "
                              "checking its checksum; rewrite damaged metadata from its copy, "

@@ -14,7 +14,8 @@ from cejobs.models import UNET_PRESETS, WRN_PRESETS, UNet, WideResNet
 from cejobs.models.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.slurm_fixtures", "tests.ray_fixtures", "tests.multihost_fixtures"]
+pytest_plugins = ["tests.slurm_fixtures", "tests.ray_fixtures", "tests.multihost_fixtures",
+                  "tests.s3_fixtures"]
 
 
 @pytest.fixture(scope="session")

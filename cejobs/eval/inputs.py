@@ -10,6 +10,7 @@ from pathlib import Path
 from cejobs.models.checkpoint import load_checkpoint
 from cejobs.run.config import REPO_DATA, ConfigError
 from cejobs.run.layout import eval_prefix
+from cejobs.run.storage import ObjectPath
 from cejobs.run.store import CEStore, StoreError
 
 SHIPPED_DIGITS = REPO_DATA / "digits"  # classifier-<name>.pt: the default classifiers on digits
@@ -59,10 +60,12 @@ def root_dataset(store: CEStore, depth: int = 0) -> str:
     return name
 
 
-def default_out(store_path: Path) -> Path:
-    """runs/x.zarr -> runs/x.eval (x.eval beside a store without the .zarr suffix)."""
+def default_out(store_path: Path | ObjectPath) -> Path:
+    """runs/x.zarr -> runs/x.eval (x.eval beside a store without the .zarr suffix); for a
+    store in object storage, runs/x.eval under the current folder."""
     stem = store_path.name.removesuffix(".zarr")
-    return store_path.parent / f"{stem}.eval"
+    parent = Path("runs") if isinstance(store_path, ObjectPath) else store_path.parent
+    return parent / f"{stem}.eval"
 
 
 def store_labels(paths: list[Path]) -> list[str]:

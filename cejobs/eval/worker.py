@@ -14,22 +14,23 @@ import numpy as np
 import torch
 
 from cejobs.devices import resolve_device
-from cejobs.models.checkpoint import load_checkpoint
 from cejobs.run.layout import eval_prefix
 from cejobs.run.store import CEStore
 from cejobs.run.tasks import ShardError, ShardResult, ShardTask, worker_name
+from cejobs.run.worker_inputs import WorkerInputs, load_checkpoint_from
 
 
 class EvaluateWorker:
     """task.options["classifiers"]: name -> {"path", "sha256"}; `run_shard(s)` evaluates shard s."""
 
-    def __init__(self, task: ShardTask, device: str | None = None):
+    def __init__(self, task: ShardTask, device: str | None = None,
+                 inputs: WorkerInputs | None = None):  # the driver's checkpoints (Ray)
         self.device = resolve_device(device or task.config.device)
         self.batch_size = task.config.batch_size
         self.store = CEStore.open(task.store)
         self.classifiers: dict[str, torch.nn.Module] = {}
         for name, spec in task.options["classifiers"].items():
-            ckpt = load_checkpoint(spec["path"], expect_kind="classifier")
+            ckpt = load_checkpoint_from(inputs, spec["path"], expect_kind="classifier")
             expected = str(self.store.classifier_sha256(name))
             if ckpt.sha256 != expected:
                 raise ShardError(f"classifier {name} on {worker_name()} has sha256 "

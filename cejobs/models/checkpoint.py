@@ -15,6 +15,7 @@ so that loading needs no other flags.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -147,13 +148,16 @@ def load_checkpoint(
     path: str | os.PathLike,
     expect_kind: str | None = None,
     map_location: str | torch.device = "cpu",
+    data: bytes | None = None,
 ) -> LoadedCheckpoint:
-    """Load a cejobs checkpoint and build its model (eval mode). Raises CheckpointError (one line)."""
+    """Load a cejobs checkpoint and build its model (eval mode). Raises CheckpointError (one line).
+    `data`: the file's bytes, read elsewhere (a Ray driver's); `path` then only names it."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        source = io.BytesIO(data) if data is not None else path
+        ckpt = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as exc:  # not a torch file, or one that needs unsafe unpickling
         raise CheckpointError(f"{path} is not a cejobs checkpoint (torch.load: {_first_line(exc)})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -189,6 +193,6 @@ def load_checkpoint(
         arch=arch,
         arch_kwargs=arch_kwargs,
         meta=meta,
-        sha256=file_sha256(path),
+        sha256=hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path),
         extra=ckpt.get("extra") or {},
     )

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from cejobs.backends import BACKENDS as _BACKEND_TABLE
 from cejobs.method.methods import METHODS
+from cejobs.run.storage import ObjectPath, is_url, location
 from cejobs.settings import ConfigError, identity_of, parse, setting, typed
 
 PRECISIONS = ("fp32", "bf16")
@@ -102,7 +103,9 @@ class GenerateConfig(Resources):
     robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this",
                                  identity=True, gt=0, lt=1)
     # --- inputs (may move between a run and its resume)
-    store: str | None = _f(None, "zarr store path; unset: runs/<dataset>-<method>.zarr")
+    store: str | None = _f(None, "zarr store: a path, or s3://bucket/prefix/run.zarr (any "
+                                 "fsspec URL; credentials from the AWS environment); unset: "
+                                 "runs/<dataset>-<method>.zarr")
     compile: bool = _f(False, "torch.compile the diffusion network, or with --fast the "
                               "whole step (2.2x on an H200; falls back to eager if it fails)")
     fast: bool = _f(False, "fast sampling path: channels-last, SDPA attention, noise made on "
@@ -121,9 +124,9 @@ class GenerateConfig(Resources):
         every_method = {name for m in METHODS.values() for name in m.identity}
         return {k: v for k, v in identity_of(self).items() if k not in every_method - own}
 
-    def resolved_store(self) -> Path:
+    def resolved_store(self) -> Path | ObjectPath:
         if self.store:
-            return Path(self.store)
+            return location(self.store)  # a path, file:// or an object-storage URL
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.dataset.removeprefix("store:")).stem)
         return Path("runs") / f"{name}-{self.method}.zarr"
 
@@ -154,6 +157,7 @@ class GenerateConfig(Resources):
             raise ConfigError("give --sources N (N >= 1) or --indices A:B")
         if self.indices is not None:
             parse_index_range(self.indices)
+        check_slurm_store(self.backend, [self.store] if self.store else [])
         ds = self.dataset
         if not (ds in BUILTIN_DATASETS or ds.endswith(".npz") or ds.startswith("store:")):
             raise ConfigError(
@@ -182,6 +186,19 @@ class EvaluateConfig(Resources):
         super().validate()
         if not self.store:
             raise ConfigError("give at least one --store PATH")
+        check_slurm_store(self.backend, self.store)
+
+
+SLURM_STORES = ("the slurm backend needs the store on a filesystem every node mounts (a path "
+                "or file://); s3:// and other object-storage stores run on the local and ray "
+                "backends")
+
+
+def check_slurm_store(backend: str, stores: Sequence[str]) -> None:
+    """SLURM's claim loop takes shards with hard links and renames on a shared filesystem;
+    object storage is refused before any work (docs/store.md)."""
+    if backend == "slurm" and any(is_url(s) for s in stores):
+        raise ConfigError(SLURM_STORES)
 
 
 def parse_index_range(text: str) -> range:

@@ -17,18 +17,20 @@ from cejobs.data import load_dataset
 from cejobs.devices import resolve_device
 from cejobs.method.distances import l0_distance, l2_distance
 from cejobs.method.methods import METHODS
-from cejobs.models.checkpoint import load_checkpoint
 from cejobs.run.config import GenerateConfig
 from cejobs.run.plan import make_plan
 from cejobs.run.tasks import ShardError, ShardResult, ShardTask, worker_name
+from cejobs.run.worker_inputs import WorkerInputs, load_checkpoint_from
 
 
 class GenerateWorker:
     """Loads the dataset and the model once; `run_shard(s)` makes and stores shard s's CEs."""
 
-    def __init__(self, task: ShardTask, device: str | None = None, *, store: bool = True):
+    def __init__(self, task: ShardTask, device: str | None = None, *, store: bool = True,
+                 inputs: WorkerInputs | None = None):
         """store=False: no store is opened or written and the checksum is not checked; only
-        `compute_shard` works (benchmarks on machines without zarr: bench generate)."""
+        `compute_shard` works (benchmarks on machines without zarr: bench generate).
+        inputs: the checkpoint and dataset read by the driver (Ray); else read here."""
         self.config: GenerateConfig = task.config
         config = self.config
         self.method = METHODS[config.method]
@@ -38,10 +40,11 @@ class GenerateWorker:
             from cejobs.run.store import CEStore  # zarr: only where the store is written
 
             self.store = CEStore.open(task.store)
-        self.dataset = load_dataset(config.dataset, config.data_root, config.split)
+        self.dataset = (inputs.dataset if inputs and inputs.dataset is not None
+                        else load_dataset(config.dataset, config.data_root, config.split))
         self.plan = make_plan(config, len(self.dataset), self.dataset.num_classes)
-        ckpt = load_checkpoint(self.method.checkpoint_path(config),
-                               expect_kind=self.method.checkpoint)
+        ckpt = load_checkpoint_from(inputs, self.method.checkpoint_path(config),
+                                    expect_kind=self.method.checkpoint)
         if self.store is not None:
             expected = self.store.identity.get(self.method.sha256_field)
             if ckpt.sha256 != expected:

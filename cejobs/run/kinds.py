@@ -17,14 +17,21 @@ from cejobs.run.layout import eval_prefix
 if TYPE_CHECKING:
     from cejobs.run.store import CEStore
     from cejobs.run.tasks import ShardTask
+    from cejobs.run.worker_inputs import WorkerInputs
 
 
 class JobKind:
     name: str
     namespace: str  # SLURM claims live under <store>/claims/<namespace>/
 
-    def make_worker(self, task: ShardTask, device: str | None = None):
-        """The worker of this kind; it loads its models once and runs many shards."""
+    def make_worker(self, task: ShardTask, device: str | None = None,
+                    inputs: WorkerInputs | None = None):
+        """The worker of this kind; it loads its models once and runs many shards. `inputs`:
+        the driver's files (Ray), else the worker reads them itself."""
+        raise NotImplementedError
+
+    def inputs(self, task: ShardTask) -> WorkerInputs:
+        """Driver only: the files its workers read (checkpoints, the dataset), read here."""
         raise NotImplementedError
 
     def flags(self, store: CEStore, task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
@@ -48,10 +55,20 @@ class JobKind:
 class Generate(JobKind):
     name, namespace = "generate", "shard"
 
-    def make_worker(self, task, device=None):
+    def make_worker(self, task, device=None, inputs=None):
         from cejobs.run.generate_worker import GenerateWorker
 
-        return GenerateWorker(task, device)
+        return GenerateWorker(task, device, inputs=inputs)
+
+    def inputs(self, task):
+        from cejobs.data import load_dataset
+        from cejobs.method.methods import METHODS
+        from cejobs.run.worker_inputs import WorkerInputs
+
+        config = task.config
+        dataset = (None if config.dataset.startswith("store:")  # workers read the store
+                   else load_dataset(config.dataset, config.data_root, config.split))
+        return WorkerInputs.read([METHODS[config.method].checkpoint_path(config)], dataset)
 
     def flags(self, store, task):
         done = store.done("shard")
@@ -62,11 +79,12 @@ class Generate(JobKind):
 
     def prepare(self, argv):
         from cejobs.generate import prepare
-        from cejobs.run.config import parse_generate_args
+        from cejobs.run.config import check_slurm_store, parse_generate_args
 
         from cejobs.run.tasks import ShardTask
 
         config = parse_generate_args(argv, prog="python -m cejobs.array_task generate")
+        check_slurm_store("slurm", [str(config.resolved_store())])
         path = str(prepare(config).path.resolve())
         return [ShardTask(self.name, path, config)], ["summary", "--store", path]
 
@@ -76,10 +94,15 @@ class Evaluate(JobKind):
 
     name, namespace = "evaluate", "eval"
 
-    def make_worker(self, task, device=None):
+    def make_worker(self, task, device=None, inputs=None):
         from cejobs.eval.worker import EvaluateWorker
 
-        return EvaluateWorker(task, device)
+        return EvaluateWorker(task, device, inputs=inputs)
+
+    def inputs(self, task):
+        from cejobs.run.worker_inputs import WorkerInputs
+
+        return WorkerInputs.read([c["path"] for c in task.options["classifiers"].values()])
 
     def flags(self, store, task):
         eligible = store.done("shard")  # only generated shards can be evaluated
@@ -96,8 +119,11 @@ class Evaluate(JobKind):
 
     def prepare(self, argv):
         from cejobs import evaluate
+        from cejobs.run.config import check_slurm_store, parse_evaluate_args
 
-        tasks = evaluate.create_tasks(evaluate.prepare(argv))
+        config = parse_evaluate_args(argv, prog="python -m cejobs.array_task evaluate")
+        check_slurm_store("slurm", config.store)
+        tasks = evaluate.create_tasks(evaluate.prepare(config))
         return tasks, ["evaluate-summary", *argv]
 
 

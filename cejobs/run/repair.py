@@ -160,16 +160,17 @@ def repair(store: CEStore, *, decode: bool = False, decode_eval: bool | None = N
             bad: dict[int, list[str]] = {s: [f"flag chunk {store.chunk_key(flag, s)} does not "
                                              f"read back: counted as not done"]
                                          for s in store.damaged_flags.get(scope.prefix, [])}
-            for s in range(len(done)):  # zarr reads a folder where a chunk belongs as missing
-                kind = store.key_kind(store.chunk_key(flag, s))
-                if kind not in ("file", "missing"):
-                    bad.setdefault(s, []).append(f"flag chunk {store.chunk_key(flag, s)} is a "
-                                                 f"{kind}: counted as not done")
-            for shard in map(int, np.flatnonzero(done)):
-                for name in scope.arrays:
-                    problem = _chunk_problem(store, name, shard, deep)
-                    if problem:
-                        bad.setdefault(shard, []).append(problem)
+            with store.listing():  # on object storage: one LIST, not a HEAD per chunk
+                for s in range(len(done)):  # zarr reads a folder in a chunk's place as missing
+                    kind = store.key_kind(store.chunk_key(flag, s))
+                    if kind not in ("file", "missing"):
+                        bad.setdefault(s, []).append(f"flag chunk {store.chunk_key(flag, s)} "
+                                                     f"is a {kind}: counted as not done")
+                for shard in map(int, np.flatnonzero(done)):
+                    for name in scope.arrays:
+                        problem = _chunk_problem(store, name, shard, deep)
+                        if problem:
+                            bad.setdefault(shard, []).append(problem)
             for shard, problems in sorted(bad.items()):
                 rep.findings += [Finding(p, scope.prefix, shard) for p in problems]
                 for name in scope.arrays:

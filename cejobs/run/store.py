@@ -12,6 +12,7 @@ All file-system access of a store goes through `CEStore`'s key methods (`key_kin
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -28,6 +29,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from cejobs import __version__
 from cejobs.run.layout import EVAL_ARRAYS, ArraySpec, Layout, chunks_of, eval_prefix, shape_of
+from cejobs.run.storage import (ObjectKeys, ObjectPath, group_files, location, write_missing,
+                                zarr_store)
 
 STORE_FORMAT = "cejobs-store-v2"  # v2: crc32c on every chunk, metadata copies, sources_sha256
 OLD_FORMATS = ("cejobs-store-v1",)  # still opened: status, verify (decode only), evaluate
@@ -79,9 +82,11 @@ def write_error(path: Path | str, e: OSError) -> StoreWriteError:
                            f"done; fix the storage, then run the same command to resume)")
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path | ObjectPath) -> None:
     """Fail early, in one line, when the store's folder (an existing store: the store itself)
-    can't be written."""
+    can't be written; on object storage, when the endpoint, bucket or credentials fail."""
+    if isinstance(path, ObjectPath):
+        return path.check_writable()
     folder = path if path.is_dir() else path.resolve().parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -114,12 +119,35 @@ def _create_arrays(group: zarr.Group, arrays: dict[str, ArraySpec], layout: Layo
         )
 
 
-def create_group_atomically(path: Path, arrays: dict[str, ArraySpec], layout: Layout,
-                            attrs: dict[str, Any]) -> None:
+def group_objects(arrays: dict[str, ArraySpec], layout: Layout,
+                  attrs: dict[str, Any]) -> dict[str, bytes]:
+    """A new group's metadata objects, made in memory: every node's zarr.json, the root's with
+    the attributes and their copy of the others (object storage's create_group_atomically)."""
+    files = group_files(lambda group: _create_arrays(group, arrays, layout))
+    meta = {key.rpartition("/")[0]: json.loads(data) for key, data in files.items()
+            if key.endswith("/zarr.json")}  # arrays and subgroups
+    root = dict(version=__version__, created=time.time(), arrays=sorted(arrays), metadata=meta,
+                **attrs)
+    files["zarr.json"] = group_files(
+        lambda group: group.attrs.update({ATTRS_KEY: root}))["zarr.json"]
+    return files
+
+
+def create_group_atomically(path: Path | ObjectPath, arrays: dict[str, ArraySpec],
+                            layout: Layout, attrs: dict[str, Any]) -> bool | None:
     """Build a group of `arrays` in a sibling temporary folder, then rename it to `path`, so
     that it exists whole or not at all. When another process got there first, theirs stays.
     The group's attributes keep a copy of every array's metadata (`metadata`), from which
-    `status --verify` rewrites a damaged `zarr.json`."""
+    `status --verify` rewrites a damaged `zarr.json`.
+
+    On object storage only the root zarr.json is written here, with a conditional PUT, and
+    whether this call wrote it is returned; the other nodes' metadata follows once the
+    caller has checked that the store is its own (create_or_open, write_missing)."""
+    if isinstance(path, ObjectPath):
+        try:
+            return (path / "zarr.json").create(group_objects(arrays, layout, attrs)["zarr.json"])
+        except OSError as e:
+            raise write_error(path, e) from None
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
     try:
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
@@ -150,11 +178,11 @@ def create_or_open(
     raises StoreError naming the differing fields, and nothing on disk changes. A v1 store
     (no dataset hash) is compared on the fields it recorded.
     """
-    path = Path(path)
-    if path.is_symlink() and not path.exists():
+    path = location(path)
+    if isinstance(path, Path) and path.is_symlink() and not path.exists():
         raise StoreError(f"--store {path} is a symbolic link to {os.readlink(path)}, which does "
                          f"not exist; create its target or choose another --store")
-    if path.exists() and not path.is_dir():
+    if isinstance(path, Path) and path.exists() and not path.is_dir():
         raise StoreError(f"--store {path} is a file, not a store folder; choose another --store")
     check_writable(path)  # a new store's folder, or the existing store itself
     if not path.exists():
@@ -169,6 +197,9 @@ def create_or_open(
         raise StoreError(f"{path} was made with a different configuration; "
                          f"use another --store or the same settings. Differences: "
                          + "; ".join(diffs))
+    if isinstance(path, ObjectPath):  # the nodes' metadata, also where a creator died early
+        write_missing(path, {k: v for k, v in group_objects(arrays, layout, {}).items()
+                             if k != "zarr.json"})
     return store
 
 
@@ -176,15 +207,15 @@ def create_or_open(
 class CEStore:
     """An open store: attributes, layout, shard-level reads and writes, and key I/O."""
 
-    path: Path
+    path: Path | ObjectPath
     attrs: dict[str, Any]
     _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False)
     damaged_flags: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path) -> "CEStore":
-        path = Path(path)
-        store = cls(path, {})
+    def open(cls, path: str | Path | ObjectPath) -> "CEStore":
+        path = location(path)
+        store = (ObjectCEStore if isinstance(path, ObjectPath) else cls)(path, {})
         kind = store.key_kind("zarr.json")
         if kind == "missing":
             raise StoreError(f"no cejobs store at {path}")
@@ -226,7 +257,7 @@ class CEStore:
         if name not in self._arrays:
             try:
                 self._arrays[name] = zarr.open_array(
-                    str(self.path), path=name, mode="r+"
+                    zarr_store(self.path), path=name, mode="r+"
                 ).with_config(WRITE_CONFIG)  # open_array ignores a config argument
             except FileNotFoundError:
                 raise StoreError(f"{self.path} has no array {name!r}") from None
@@ -299,7 +330,8 @@ class CEStore:
                 t0 = time.perf_counter()
                 rows = self.layout.rows(shard)
                 self.remove_leftovers(shard, list(data) + [f"{prefix}/{n}" for n in _SHARD_FIELDS])
-                for name in list(data) + [f"{prefix}/{n}" for n in _SHARD_FIELDS]:
+                for name in self.folder_checked(list(data) + [f"{prefix}/{n}"
+                                                              for n in _SHARD_FIELDS]):
                     key = self.chunk_key(name, shard)  # this shard's: a folder there is damage
                     if self.key_kind(key) not in ("file", "missing"):
                         self.remove_key(key)
@@ -354,6 +386,15 @@ class CEStore:
     # The only file-system calls on a store's contents (besides zarr's own chunk I/O).
     def _file(self, key: str) -> Path:
         return self.path / key
+
+    def folder_checked(self, names: list[str]) -> list[str]:
+        """Arrays whose chunk keys a shard write checks for a folder in the chunk's place (on
+        disk it blocks the chunk; in object storage a prefix and an object coexist)."""
+        return names
+
+    def listing(self) -> contextlib.AbstractContextManager:
+        """A read-only pass over many keys (ObjectKeys answers it from one listing)."""
+        return contextlib.nullcontext()
 
     def key_kind(self, key: str) -> str:
         """"file", "missing", "folder" or "other" (a socket, a dangling link, ...)."""
@@ -459,7 +500,7 @@ def create_eval_arrays(store: CEStore, name: str, attrs: dict[str, Any]) -> str:
     final = store.path / prefix
     if store.key_kind(f"{prefix}/zarr.json") == "missing":
         try:
-            zarr.open_group(str(store.path), mode="r+").require_group("eval")
+            zarr.open_group(zarr_store(store.path), mode="r+").require_group("eval")
         except OSError as e:
             raise write_error(store.path, e) from None
         create_group_atomically(final, EVAL_ARRAYS, store.layout, dict(kind="evaluate", **attrs))
@@ -468,4 +509,12 @@ def create_eval_arrays(store: CEStore, name: str, attrs: dict[str, Any]) -> str:
         raise StoreError(f"{store.path} has {prefix} from a classifier with sha256 "
                          f"{str(recorded)[:12]}, not {str(attrs.get('sha256'))[:12]}; give "
                          f"this classifier another name")
+    if isinstance(final, ObjectPath):  # the arrays' metadata (see create_or_open)
+        write_missing(final, {k: v for k, v in group_objects(EVAL_ARRAYS, store.layout,
+                                                             {}).items() if k != "zarr.json"})
     return prefix
+
+
+class ObjectCEStore(ObjectKeys, CEStore):
+    """A store on object storage (s3://, fsspec URLs): CEStore with its key methods on
+    objects (cejobs/run/storage.py); CEStore.open picks it for an ObjectPath."""

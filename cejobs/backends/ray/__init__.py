@@ -91,7 +91,8 @@ class RayBackend:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         log(f"{how}: {nodes} node(s), CPU {resources.get('CPU', 0):g}, "
             f"GPU {resources.get('GPU', 0):g}; starting {plan.describe()}")
-        run = _Run(self, task, plan, on_result)
+        # checkpoints and dataset travel once through Ray's object store (worker_inputs.py)
+        run = _Run(self, task, plan, on_result, ray.put(task.job.inputs(task)))
         try:
             return run.loop(shards)
         finally:
@@ -102,7 +103,7 @@ class _Run:
     """The dispatch loop of one `RayBackend.run`."""
 
     def __init__(self, backend: RayBackend, task: ShardTask, plan: ActorPlan,
-                 on_result: OnResult):
+                 on_result: OnResult, inputs_ref: Any = None):
         import ray
 
         # No per-actor runtime_env: an actor may then start in a worker process Ray has
@@ -110,6 +111,7 @@ class _Run:
         self.remote_cls = ray.remote(ShardActor).options(**plan.options, max_concurrency=1,
                                                           max_restarts=0)
         self.backend, self.task, self.plan, self.on_result = backend, task, plan, on_result
+        self.inputs_ref = inputs_ref  # ObjectRef of WorkerInputs; Ray resolves it per actor
         self.report = RunReport()
         self.queue: collections.deque[int] = collections.deque()
         self.attempts: collections.Counter[int] = collections.Counter()
@@ -122,7 +124,8 @@ class _Run:
 
     # ------------------------------------------------------------------ actors
     def _start(self, index: int | None = None) -> None:
-        actor = self.remote_cls.remote(self.task, self.plan.threads, self.plan.use_gpu)
+        actor = self.remote_cls.remote(self.task, self.plan.threads, self.plan.use_gpu,
+                                       self.inputs_ref)
         slot = _Slot(actor, ready_ref=actor.ready.remote())
         if index is None:
             self.slots.append(slot)

@@ -66,7 +66,9 @@ class Fence:
 class ShardActor:
     """Wrapped by ray.remote at run time (no import-time Ray)."""
 
-    def __init__(self, task: ShardTask, threads: int, use_gpu: bool):
+    def __init__(self, task: ShardTask, threads: int, use_gpu: bool, inputs=None):
+        """inputs: the driver's WorkerInputs (checkpoint bytes, dataset), resolved by Ray from
+        its object store, so the actor reads nothing from the driver's disk."""
         import ray
         import torch
 
@@ -79,7 +81,7 @@ class ShardActor:
         self.device = actor_device(task.config.device, self.gpu_ids,
                                    torch.cuda.is_available())
         try:
-            self.worker = task.job.make_worker(task, self.device)
+            self.worker = task.job.make_worker(task, self.device, inputs)
         except Exception as e:  # reported by ready(): the backend retires this actor
             from cejobs.run.store import StoreError
 
