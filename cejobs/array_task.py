@@ -29,14 +29,15 @@ import sys
 
 from cejobs.backends.slurm.array import run_array_task
 from cejobs.backends.slurm.claims import ClaimBoard, Owner, claims_root, remove_claims
-from cejobs.run.kinds import KINDS
+from cejobs.drivers.array import PREPARE
+from cejobs.jobs.kinds import KINDS
 
 
 def summarize(argv: list[str]) -> int:
     """Verify a generation store, print its status line, list failures; clean up claims when
     complete. Exit 0 iff every shard is done and intact."""
-    from cejobs.run.repair import repair
-    from cejobs.run.store import CEStore
+    from cejobs.store.repair import repair
+    from cejobs.store.store import CEStore
     from cejobs.status import format_status, store_status
 
     parser = argparse.ArgumentParser(prog="python -m cejobs.array_task summary")
@@ -75,7 +76,7 @@ def evaluate_summary(argv: list[str]) -> int:
     in this process (every shard is normally evaluated by now, so it only computes the metrics,
     tables and figures; any shard left is evaluated here), then the claims are removed."""
     from cejobs import evaluate
-    from cejobs.run.config import parse_evaluate_args
+    from cejobs.jobs.config import parse_evaluate_args
 
     code = evaluate.main([*argv, "--backend", "local", "--no-progress"])
     if code == 0:
@@ -84,8 +85,8 @@ def evaluate_summary(argv: list[str]) -> int:
     return code
 
 
-COMMANDS = {"generate": lambda argv: run_array_task("generate", argv),
-            "evaluate": lambda argv: run_array_task("evaluate", argv),
+COMMANDS = {"generate": lambda argv: run_array_task("generate", lambda: PREPARE["generate"](argv)),
+            "evaluate": lambda argv: run_array_task("evaluate", lambda: PREPARE["evaluate"](argv)),
             "summary": summarize,
             "evaluate-summary": evaluate_summary}
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["summary"]:  # light: no torch (cejobs.cli imports the data loaders)
-        from cejobs.run.store import StoreError
+        from cejobs.store.store import StoreError
 
         try:
             sys.exit(main())

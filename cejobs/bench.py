@@ -190,10 +190,10 @@ def bench_scaling(args) -> dict:
     initialisation: the sampler does the same arithmetic whatever the weights. The load
     average before and after is reported: other processes on the machine skew the figure.
     """
-    from cejobs.run.config import REPO_DATA
+    from cejobs.jobs.config import REPO_DATA
     from cejobs.models.checkpoint import save_checkpoint
     from cejobs.status import store_status
-    from cejobs.run.store import CEStore
+    from cejobs.store.store import CEStore
 
     out = {}
     load_before = os.getloadavg()
@@ -231,7 +231,7 @@ def bench_store(args) -> dict:
     compression) against the measured GPU shard time, on local disk and on S3 (bench_s3)."""
     import numpy as np
 
-    from cejobs.run.store import CEStore
+    from cejobs.store.store import CEStore
 
     if args.store:
         store = CEStore.open(args.store)

@@ -51,7 +51,7 @@ def check_net(args, device: torch.device) -> tuple[UNet, str]:
     zero-initialised output layers would make eps = 0 and the check trivial. A random network
     is no score, and its guided sampler is chaotic (docs/performance.md): its value measures
     that, not the fast path; check with a trained checkpoint."""
-    from cejobs.run.config import REPO_DATA
+    from cejobs.jobs.config import REPO_DATA
     from cejobs.models.checkpoint import load_checkpoint
 
     path = Path(args.model) if args.model else REPO_DATA / "digits" / "diffusion.pt"

@@ -39,9 +39,10 @@ def bench_generate(args) -> dict:
     """
     import numpy as np
 
-    from cejobs.run.generate_worker import GenerateWorker
+    from cejobs.jobs.generate_worker import GenerateWorker
     from cejobs.models.checkpoint import save_checkpoint
-    from cejobs.run.tasks import ShardTask
+    from cejobs.jobs.kinds import KINDS
+    from cejobs.jobs.tasks import ShardTask
 
     imports_s = _process_age()  # interpreter, torch and cejobs imports
     t_start = time.perf_counter()
@@ -61,11 +62,11 @@ def bench_generate(args) -> dict:
                       batch_size=args.batch_size, fast=args.fast, compile=args.compile,
                       compile_cache=args.compile_cache, device=args.device,
                       model=str(tmp / "model.pt"), method=args.method, backend="local")
-        from cejobs.run.config import config_from
+        from cejobs.jobs.config import config_from
 
         config = config_from(config)
         t0 = time.perf_counter()
-        worker = GenerateWorker(ShardTask("generate", str(tmp / "none.zarr"), config),
+        worker = GenerateWorker(ShardTask(KINDS["generate"], str(tmp / "none.zarr"), config),
                                 store=False)
         startup_s = time.perf_counter() - t0
         device = worker.device

@@ -75,7 +75,7 @@ def target(args) -> contextlib.AbstractContextManager:
 def synthetic_shard(n: int = 50, k: int = 20, shards: int = 4):
     """A CIFAR10-sized shard (n sources x k CEs x 3x32x32 float32, random: the worst case for
     compression) and the layout of a store of `shards` such shards."""
-    from cejobs.run.layout import Layout
+    from cejobs.store.layout import Layout
 
     rng = np.random.default_rng(0)
     data = {"source/x": rng.random((n, 3, 32, 32), dtype=np.float32),
@@ -90,8 +90,8 @@ def synthetic_shard(n: int = 50, k: int = 20, shards: int = 4):
 def store_write_times(where, data: dict, layout) -> list[float]:
     """Seconds of each shard's write through the store (CEStore.write_shard), checked by
     reading every shard back."""
-    from cejobs.run.layout import generation_arrays
-    from cejobs.run.store import create_or_open
+    from cejobs.store.layout import generation_arrays
+    from cejobs.store.store import create_or_open
 
     store = create_or_open(where, {}, layout, generation_arrays(), {})
     seconds = [store.write_shard(s, data) for s in range(layout.num_shards)]
@@ -105,8 +105,8 @@ def obstore_write_times(url: str, data: dict, layout) -> list[float]:
     from obstore.store import S3Store
     from zarr.storage import ObjectStore
 
-    from cejobs.run.layout import generation_arrays
-    from cejobs.run.store import WRITE_CONFIG, _create_arrays
+    from cejobs.store.layout import generation_arrays
+    from cejobs.store.store import WRITE_CONFIG, _create_arrays
 
     http = os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://")
     s3 = S3Store.from_url(url, client_options={"allow_http": http})
@@ -157,12 +157,13 @@ def bench_scale(args) -> dict:
     """Status and resume planning of a store of `--shards` done shards (module docstring)."""
     import zarr
 
-    from cejobs.run.kinds import pending_shards
-    from cejobs.run.repair import repair
-    from cejobs.run.layout import Layout, generation_arrays
-    from cejobs.run.storage import ObjectPath, location
-    from cejobs.run.store import CEStore, create_or_open
-    from cejobs.run.tasks import ShardTask
+    from cejobs.jobs.kinds import pending_shards
+    from cejobs.store.repair import repair
+    from cejobs.store.layout import Layout, generation_arrays
+    from cejobs.store.storage import ObjectPath, location
+    from cejobs.store.store import CEStore, create_or_open
+    from cejobs.jobs.kinds import KINDS
+    from cejobs.jobs.tasks import ShardTask
     from cejobs.status import store_status
 
     n = args.shards  # one source per shard: the object count is what is measured
@@ -187,7 +188,7 @@ def bench_scale(args) -> dict:
         t0 = time.perf_counter()
         opened = CEStore.open(where)
         found = repair(opened)
-        pending = pending_shards(opened, ShardTask("generate", where, None))
+        pending = pending_shards(opened, ShardTask(KINDS["generate"], where, None))
         plan_s = time.perf_counter() - t0
     assert st.shards_done == n and not found.findings and not pending
     return dict(bench="scale", store="moto on 127.0.0.1" if args.moto else (args.s3 or

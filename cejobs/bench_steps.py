@@ -43,7 +43,7 @@ def _quantiles(v: torch.Tensor) -> list[float]:
 
 def bench_steps(args) -> dict:
     # numpy and the data only here: bench.py itself needs only torch
-    from cejobs.run.config import REPO_DATA
+    from cejobs.jobs.config import REPO_DATA
     from cejobs.data import load_dataset
     from cejobs.method.distances import l0_distance, l2_distance
     from cejobs.models.checkpoint import load_checkpoint

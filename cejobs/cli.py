@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from cejobs.data import DatasetError
 from cejobs.models.checkpoint import CheckpointError
-from cejobs.run.storage import StorageError
-from cejobs.run.store import StoreError
+from cejobs.store.storage import StorageError
+from cejobs.store.store import StoreError
 from cejobs.settings import ConfigError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, StoreError, StorageError)
@@ -32,8 +32,8 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
 def command(module: str, parse: Callable, run: Callable[[Any], tuple[Any, int]],
             api: Callable) -> tuple[Callable, Callable]:
     """An entry-point module's `main(argv) -> status` (parse, then run) and its console script;
-    the module itself becomes callable as the Python API function `api` (cejobs.api)."""
-    from cejobs.api import callable_module
+    the module itself becomes callable as the Python API function `api` (cejobs.drivers.api)."""
+    from cejobs.drivers.api import callable_module
 
     def main(argv: list[str] | None = None) -> int:
         return run(parse(argv))[1]

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cejobs.errors import DatasetError
+
 DIGITS_TRAIN = 1347  # digits: images [0, 1347) are "train", [1347, 1797) are "test"
 
 
-class DatasetError(Exception):
-    """A dataset that cannot be loaded; the message is one line saying why and how to fix it."""
 
 
 class ImageDataset:
@@ -259,7 +259,7 @@ class _StoreCEPixels:
 def _store(name: str, split: str) -> ImageDataset:
     import zarr
 
-    from cejobs.run.storage import location, zarr_store
+    from cejobs.store.storage import location, zarr_store
 
     path = location(name[len("store:"):])  # a path or an object-storage URL
     if not path.exists():

@@ -23,11 +23,11 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+from cejobs.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A bad flag, TOML key or value; its message is one line saying how to fix it."""
 
 
 def setting(default, help: str, *, identity: bool = False, choices=None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cejobs.run.store import STORE_FORMAT, CEStore
+from cejobs.store.store import STORE_FORMAT, CEStore
 
 
 @dataclass
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"damaged {prefix}/done chunk(s) of shard(s) {shards}: run this with --verify, "
                   f"or generate, to redo them", file=sys.stderr)
         return 1 if damaged else 0
-    from cejobs.run.repair import repair
+    from cejobs.store.repair import repair
 
     found = repair(store, decode=True)
     for line in found.lines():

@@ -12,7 +12,7 @@ import sys
 KILL_AFTER_ENV = "CEJOBS_TEST_KILL_AFTER"
 
 if __name__ == "__main__":
-    from cejobs.run.store import CEStore
+    from cejobs.store.store import CEStore
 
     limit, writes, real = int(os.environ[KILL_AFTER_ENV]), [0], CEStore.write_shard
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from cejobs.run.store import CEStore
+from cejobs.store.store import CEStore
 from tests.conftest import REPO, run_module
 
 
@@ -48,7 +48,7 @@ def test_readme_example_runs_and_equals_the_cli(tmp_path, monkeypatch):
                                       check_dtype=False, check_exact=False)
     assert sorted(tables["accuracy"]["classifier"]) == ["l2-eps0.25", "l2-eps0.5", "l2-eps1.0",
                                                          "standard"]
-    from cejobs.api import open_store
+    from cejobs.drivers.api import open_store
 
     after = open_store(tmp_path / "runs" / "api-demo.zarr").ces  # now with eval probabilities
     probs = after[[c for c in after.columns if c.startswith("p_target_")]]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cejobs.run.config import ConfigError, GenerateConfig, parse_generate_args
+from cejobs.jobs.config import ConfigError, GenerateConfig, parse_generate_args
 
 
 def test_defaults_are_the_embedded_run():

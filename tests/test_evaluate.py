@@ -13,11 +13,11 @@ import zarr
 
 from cejobs import evaluate, generate
 from cejobs.cli import run_cli
-from cejobs.eval import inputs
+from cejobs.jobs import eval_inputs as inputs
 from cejobs.eval import metrics as M
 from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import load_checkpoint, save_checkpoint
-from cejobs.run.store import CEStore
+from cejobs.store.store import CEStore
 from tests.kill_after import KILL_AFTER_ENV
 from tests.conftest import run_module
 

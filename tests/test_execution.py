@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from cejobs.backends.slurm.claims import ClaimBoard, Owner
-from cejobs.run.config import EvaluateConfig, GenerateConfig, parse_evaluate_args
-from cejobs.run.kinds import KINDS, pending_shards
-from cejobs.run.layout import Layout, generation_arrays
-from cejobs.run.repair import repair
-from cejobs.run.store import CEStore, create_eval_arrays, create_or_open
-from cejobs.run.tasks import ShardTask
+from cejobs.jobs.config import EvaluateConfig, GenerateConfig, parse_evaluate_args
+from cejobs.jobs.kinds import KINDS, pending_shards
+from cejobs.store.layout import Layout, generation_arrays
+from cejobs.store.repair import repair
+from cejobs.store.store import CEStore, create_eval_arrays, create_or_open
+from cejobs.jobs.tasks import ShardTask
 from cejobs.settings import ConfigError
 from cejobs.train.__main__ import parse_train_args
 
@@ -43,13 +43,13 @@ def test_evaluate_kind_asks_the_store(tmp_path):
     store.write_shard(0, {}, prefix="eval/a")
     store.write_shard(0, {}, prefix="eval/b")
     store.write_shard(1, {}, prefix="eval/a")
-    task = ShardTask("evaluate", str(store.path), EvaluateConfig(store=[str(store.path)]),
+    task = ShardTask(KINDS["evaluate"], str(store.path), EvaluateConfig(store=[str(store.path)]),
                      {"classifiers": {"a": {}, "b": {}}})
     job = task.job
     assert job is KINDS["evaluate"] and job.namespace == "eval"
     assert pending_shards(store, task) == [1]  # shard 2 is not generated; shard 0 is evaluated
     assert (job.timing_prefix(task), job.ce_factor(task)) == ("eval/a", 2)
-    generate = ShardTask("generate", str(store.path), GenerateConfig())
+    generate = ShardTask(KINDS["generate"], str(store.path), GenerateConfig())
     assert pending_shards(store, generate) == [2]
     assert store.classifier_sha256("b") == "b" * 64 and store.classifier_sha256("c") is None
     # the typed config travels with the task (Ray and submitit pickle it)
@@ -129,7 +129,7 @@ def test_slurm_tasks_requeue_through_submitit_checkpointable(tmp_path):
     backend = SlurmBackend.from_config(config)
     assert (backend.max_timeouts, backend.max_retries) == (7, 2)
     assert backend._executor(tmp_path, "x")._executor.max_num_timeout == 7
-    job = ClaimLoopJob(ShardTask("generate", str(tmp_path), config), "run-1", 60.0)
+    job = ClaimLoopJob(ShardTask(KINDS["generate"], str(tmp_path), config), "run-1", 60.0)
     again = job.checkpoint(3)  # what submitit requeues on SIGUSR2: this job, same index
     assert isinstance(job, Checkpointable) and isinstance(again, DelayedSubmission)
     assert again.function is job and again.args == (3,)

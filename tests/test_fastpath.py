@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from cejobs.bench_fast import check_sampler
-from cejobs.run.config import GenerateConfig
+from cejobs.jobs.config import GenerateConfig
 from cejobs.data import load_dataset
 from cejobs.method.fastpath import FastOptions, FastSampler, prepare_net
-from cejobs.run.generate_worker import GenerateWorker
+from cejobs.jobs.generate_worker import GenerateWorker
 from cejobs.models import UNET_PRESETS, UNet
 from cejobs.models.unet import AttnBlock
 from cejobs.method.noise import CENoise
 from cejobs.method.sampler import sample_ce, to_model_space
-from cejobs.run.tasks import ShardTask
+from cejobs.jobs.kinds import KINDS
+from cejobs.jobs.tasks import ShardTask
 
 EAGER = FastOptions(compile=False)
 
@@ -125,7 +126,7 @@ def test_worker_fast_path_makes_the_same_shard(tiny_models):
                             model=str(tiny_models["diffusion"]), batch_size=8, threads=1)
     outs = []
     for fast in (False, True):
-        task = ShardTask("generate", "unused.zarr", dataclasses.replace(config, fast=fast))
+        task = ShardTask(KINDS["generate"], "unused.zarr", dataclasses.replace(config, fast=fast))
         worker = GenerateWorker(task, store=False)
         timings = {}
         data, ces = worker.compute_shard(0, timings)

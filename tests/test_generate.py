@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.run.store import LEFTOVER_AGE_S, CEStore
+from cejobs.store.store import LEFTOVER_AGE_S, CEStore
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 

@@ -25,11 +25,12 @@ import zarr
 
 from cejobs.backends.ray.actors import ShardActor, actor_device, plan_actors
 from cejobs.backends.ray.cluster import loss_reason, one_line
-from cejobs.run.config import ConfigError, GenerateConfig
+from cejobs.jobs.config import ConfigError, GenerateConfig
 from cejobs.models import UNET_PRESETS, UNet
 from cejobs.models.checkpoint import save_checkpoint
-from cejobs.run.store import CEStore
-from cejobs.run.tasks import ShardTask
+from cejobs.store.store import CEStore
+from cejobs.jobs.kinds import KINDS
+from cejobs.jobs.tasks import ShardTask
 from tests.conftest import run_module
 from tests.gate import Gate
 
@@ -145,7 +146,7 @@ def test_actor_device_and_one_line(monkeypatch):
 
 def test_actor_that_cannot_open_the_store_says_why(tmp_path):
     """A worker on a node that doesn't see the store reports it from ready(), in one line."""
-    task = ShardTask("generate", str(tmp_path / "elsewhere.zarr"), GenerateConfig(device="cpu"))
+    task = ShardTask(KINDS["generate"], str(tmp_path / "elsewhere.zarr"), GenerateConfig(device="cpu"))
     before = torch.get_num_threads()
     try:
         actor = ShardActor(task, threads=1, use_gpu=False)

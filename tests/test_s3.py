@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.run.storage import location, zarr_store
+from cejobs.store.storage import location, zarr_store
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 from tests.s3_fixtures import BUCKET, clean_env
@@ -154,8 +154,8 @@ def test_creation_race_loser_writes_nothing(s3_env, tiny_models):
     """The conditional PUT of the root zarr.json decides: a driver with another configuration
     that comes second is refused and writes nothing; one with the same configuration whose
     rival died before writing the arrays' metadata writes it."""
-    from cejobs.run.layout import Layout, generation_arrays
-    from cejobs.run.store import StoreError, create_group_atomically, create_or_open
+    from cejobs.store.layout import Layout, generation_arrays
+    from cejobs.store.store import StoreError, create_group_atomically, create_or_open
 
     url = s3_env.url("race-unit/run.zarr")
     layout = Layout(4, 2, 2, (1, 8, 8), 2)
@@ -170,7 +170,7 @@ def test_creation_race_loser_writes_nothing(s3_env, tiny_models):
     store = create_or_open(url, {"seed": 0}, layout, arrays_, {})
     store.write_shard(1, {"ce/l2": np.ones((2, 2), np.float32)})
     assert store.done().tolist() == [False, True]
-    from cejobs.run.repair import repair
+    from cejobs.store.repair import repair
 
     findings = [f.text for f in repair(store, decode=True).findings]
     assert findings and not [t for t in findings if "ce/l2" in t]  # its one array is whole

@@ -4,7 +4,7 @@ The head has no CPUs, so every shard runs on a second node, started with `ray st
 own mount namespace (`unshare --mount`): the driver's folder (checkpoint, dataset, cwd) and
 the head's temp dir are hidden behind empty tmpfs mounts, and the node has its own temp dir,
 cwd and HOME. The checkpoint bytes and the dataset reach its worker only through Ray's object
-store (cejobs/run/worker_inputs.py), the store only through the moto server on 127.0.0.1.
+store (cejobs/jobs/worker_inputs.py), the store only through the moto server on 127.0.0.1.
 """
 
 from __future__ import annotations

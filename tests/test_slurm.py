@@ -28,10 +28,11 @@ import zarr
 from cejobs.backends.slurm.claims import ClaimBoard, Heartbeat, Owner, claims_root
 from cejobs.backends.slurm.loop import Interrupted, Stopper
 from cejobs.backends.slurm.squeue import SlurmJobs
-from cejobs.run.kinds import pending_shards
-from cejobs.run.layout import Layout, generation_arrays
-from cejobs.run.store import CEStore, create_or_open
-from cejobs.run.tasks import ShardTask
+from cejobs.jobs.kinds import pending_shards
+from cejobs.store.layout import Layout, generation_arrays
+from cejobs.store.store import CEStore, create_or_open
+from cejobs.jobs.kinds import KINDS
+from cejobs.jobs.tasks import ShardTask
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 from tests.slurm_fixtures import SlurmCluster
@@ -196,7 +197,7 @@ def test_stop_signal_abandons_a_computing_shard_but_not_a_commit(tmp_path: Path)
             store.write_shard(1, _shard_data())  # completes despite the signal
         assert stopper.reason == "SIGUSR2"
         assert store.done().tolist() == [False, True]
-        task = ShardTask("generate", str(store.path), {})
+        task = ShardTask(KINDS["generate"], str(store.path), {})
         assert pending_shards(store, task) == [0]
     finally:
         signal.signal(signal.SIGUSR2, previous)

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.method.methods import METHODS
-from cejobs.run.kinds import pending_shards
-from cejobs.run.layout import Layout, generation_arrays
-from cejobs.run.repair import repair
-from cejobs.run.store import LEFTOVER_AGE_S, CEStore, StoreError, create_or_open
-from cejobs.run.tasks import ShardTask
+from cejobs.jobs.methods import METHODS
+from cejobs.jobs.kinds import pending_shards
+from cejobs.store.layout import Layout, generation_arrays
+from cejobs.store.repair import repair
+from cejobs.store.store import LEFTOVER_AGE_S, CEStore, StoreError, create_or_open
+from cejobs.jobs.kinds import KINDS
+from cejobs.jobs.tasks import ShardTask
 from cejobs.status import busy_time, store_status
 
 LAYOUT = Layout(num_sources=10, ces_per_source=6, num_classes=3, image_shape=(1, 4, 4),
@@ -21,7 +22,7 @@ IDENTITY = {"method": "boltzmann", "w": 15.0, "model_sha256": "ab" * 32}
 
 
 def _pending(store):
-    return pending_shards(store, ShardTask("generate", str(store.path), None))
+    return pending_shards(store, ShardTask(KINDS["generate"], str(store.path), None))
 
 
 def _make(path, identity=IDENTITY, robust=False):

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from cejobs.run.layout import Layout, generation_arrays
-from cejobs.run.repair import repair
-from cejobs.run.store import LEFTOVER_AGE_S, CEStore, create_or_open
+from cejobs.store.layout import Layout, generation_arrays
+from cejobs.store.repair import repair
+from cejobs.store.store import LEFTOVER_AGE_S, CEStore, create_or_open
 from tests.conftest import REPO
 
 LAYOUT = Layout(num_sources=4, ces_per_source=2, num_classes=2, image_shape=(1, 2, 2),
@@ -54,7 +54,7 @@ def test_writer_killed_mid_write_leaves_a_leftover_the_store_finds(tmp_path):
     child = textwrap.dedent(f"""
         import os, pathlib
         import numpy as np
-        from cejobs.run.store import CEStore
+        from cejobs.store.store import CEStore
         pathlib.Path.replace = lambda self, target: os._exit(9)  # dies before the rename
         CEStore.open({str(path)!r}).array("ce/l2")[2:4] = np.ones((2, 2), np.float32)
     """)

@@ -3,7 +3,8 @@
 The table names each backend's module and class; a backend's module (and its heavy imports:
 torch, ray, submitit) is imported only when that backend is used. A new backend is a module
 (or package) here with a class that has `from_config(resources)` and `run(task, shards,
-on_result)`, and one line in BACKENDS.
+on_result)`, and one line in BACKENDS (and its name in cejobs.jobs.config.BACKENDS, the `--backend`
+choices).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import importlib
 
 from cejobs.backends.base import Backend, RunReport
+from cejobs.jobs.config import BACKENDS as BACKEND_NAMES
 
 BACKENDS = {
     "local": ("cejobs.backends.local", "LocalBackend"),
     "ray": ("cejobs.backends.ray", "RayBackend"),
     "slurm": ("cejobs.backends.slurm", "SlurmBackend"),
 }
+assert tuple(BACKENDS) == BACKEND_NAMES, "a backend's name goes in cejobs.jobs.config too"
 
 
 def make_backend(resources) -> Backend:

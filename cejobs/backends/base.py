@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from cejobs.run.tasks import ShardResult, ShardTask
+from cejobs.jobs.results import ShardResult
+from cejobs.jobs.tasks import ShardTask
 
 OnResult = Callable[[ShardResult], None]
 

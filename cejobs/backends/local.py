@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from cejobs.backends.base import OnResult, RunReport
-from cejobs.run.tasks import ShardTask, run_shard_safely
+from cejobs.jobs.results import run_shard_safely
+from cejobs.jobs.tasks import ShardTask
 from cejobs.threads import set_threads
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cejobs import __version__
+from cejobs.version import __version__
 
 
 @dataclass

@@ -25,13 +25,12 @@ import torch
 from torch import nn
 
 from cejobs.models import MODEL_CLASSES
+from cejobs.errors import CheckpointError
 
 FORMAT = "cejobs-checkpoint-v1"
 KINDS = ("diffusion", "classifier")
 
 
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message is one line saying why."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ from torch import nn
 
 from cejobs.settings import identity_of
 from cejobs.settings import setting as _f
+from cejobs.errors import TrainError
 
 
 @dataclass
@@ -43,8 +44,6 @@ class TrainSettings:
         return identity_of(self)
 
 
-class TrainError(Exception):
-    """A bad training setting or resume file; the message is one line."""
 
 
 def set_threads(threads: int) -> None:

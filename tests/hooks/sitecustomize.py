@@ -55,8 +55,8 @@ def _gated(method):
 
 
 # module: (class, method, wrapper)
-TARGETS = {"cejobs.run.generate_worker": ("GenerateWorker", "run_shard", _gated),
-           "cejobs.run.store": ("CEStore", "write_shard", _recorded)}
+TARGETS = {"cejobs.jobs.generate_worker": ("GenerateWorker", "run_shard", _gated),
+           "cejobs.store.store": ("CEStore", "write_shard", _recorded)}
 
 
 class _GateFinder(importlib.abc.MetaPathFinder):

@@ -32,7 +32,8 @@ from cejobs.backends.base import OnResult, RunReport
 from cejobs.backends.ray.actors import ActorPlan, ShardActor, plan_actors
 from cejobs.backends.ray.cluster import check_address, connect, log, loss_reason, one_line
 from cejobs.backends.watchdog import describe, shard_timeout
-from cejobs.run.tasks import ShardResult, ShardTask
+from cejobs.jobs.results import ShardResult
+from cejobs.jobs.tasks import ShardTask
 
 WAIT_LOG_SECONDS = 60.0  # how often to say that no actor has started yet
 

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from cejobs.run.tasks import ShardResult, ShardTask
+from cejobs.jobs.results import ShardResult
+from cejobs.jobs.tasks import ShardTask
 from cejobs.threads import undo_ray_nice
 
 
@@ -72,7 +73,7 @@ class ShardActor:
         import ray
         import torch
 
-        from cejobs.run.tasks import worker_name
+        from cejobs.hosts import worker_name
 
         torch.set_num_threads(threads)
         self.nice = undo_ray_nice()  # Ray's nice 15 starves CPU work on a shared node
@@ -83,7 +84,7 @@ class ShardActor:
         try:
             self.worker = task.job.make_worker(task, self.device, inputs)
         except Exception as e:  # reported by ready(): the backend retires this actor
-            from cejobs.run.store import StoreError
+            from cejobs.store.store import StoreError
 
             hint = (" (the store must be on storage every node shares)"
                     if isinstance(e, StoreError) else "")
@@ -99,7 +100,7 @@ class ShardActor:
                     threads=torch.get_num_threads(), nice=self.nice, error=self.error)
 
     def run(self, shard: int) -> ShardResult:
-        from cejobs.run.tasks import run_shard_safely
+        from cejobs.jobs.results import run_shard_safely
 
         if self.worker is None:
             return ShardResult(shard, error=str(self.error), worker=self.name)
@@ -129,7 +130,7 @@ class ActorPlan:
 def plan_actors(resources: dict[str, float], *, workers: int, threads: int,
                 gpus_per_worker: float, device: str, shards: int) -> ActorPlan:
     """How many actors of which shape, from the cluster's resources and the run's flags."""
-    from cejobs.run.config import ConfigError
+    from cejobs.jobs.config import ConfigError
 
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
     if device.startswith("cuda") and not gpus:

@@ -30,7 +30,8 @@ from submitit.helpers import Checkpointable
 
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.backends.slurm.squeue import FINAL_STATES, read_queue
-from cejobs.run.tasks import ShardResult, ShardTask
+from cejobs.jobs.results import ShardResult
+from cejobs.jobs.tasks import ShardTask
 
 SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit
 
@@ -113,8 +114,8 @@ class SlurmBackend:
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         from cejobs.backends.slurm.claims import ClaimBoard, Owner, claims_root, remove_claims
-        from cejobs.run.kinds import pending_shards
-        from cejobs.run.store import CEStore
+        from cejobs.jobs.kinds import pending_shards
+        from cejobs.store.store import CEStore
 
         job = task.job
         store = CEStore.open(task.store)

@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from cejobs.backends.slurm.claims import Owner, claims_root, log
 from cejobs.backends.slurm.loop import Stopper, claim_loop
 
 if TYPE_CHECKING:
-    from cejobs.run.tasks import ShardTask
+    from cejobs.jobs.tasks import ShardTask
 
 EXIT_FAILED = 1  # some shard failed in this task
 EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15)
@@ -84,14 +84,13 @@ def requeue_self() -> bool:
     return True
 
 
-def run_array_task(kind: str, argv: list[str]) -> int:
-    """What `python -m cejobs.array_task generate|evaluate` runs; its exit status."""
-    from cejobs.run.kinds import KINDS
-
+def run_array_task(kind: str, prepare: Callable[[], tuple[list[ShardTask], list[str]]]) -> int:
+    """What `python -m cejobs.array_task generate|evaluate` runs; its exit status. `prepare`
+    creates or opens the store(s) (cejobs.drivers.array), after the signal handlers are set."""
     stopper = Stopper().install((signal.SIGUSR2, signal.SIGTERM))
     owner = Owner.current()
     log(f"{kind} task {owner.label}, run {owner.run}")
-    tasks, summary = KINDS[kind].prepare(argv)
+    tasks, summary = prepare()
     submit_summary(tasks[0], [sys.executable, "-m", "cejobs.array_task", *summary],
                    os.environ.get("SLURM_JOB_NAME") or f"cejobs-{kind}")
     start = int(os.environ.get("SLURM_ARRAY_TASK_ID") or 0)

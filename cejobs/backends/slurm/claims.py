@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from cejobs.backends.slurm.squeue import SlurmJobs
-from cejobs.run.tasks import host_label
+from cejobs.hosts import host_label
 
 CLAIMS_DIR = "claims"
 LEASE_S = 600.0  # a claim without a heartbeat for this long is stale

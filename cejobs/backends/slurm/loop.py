@@ -2,7 +2,7 @@
 
 A task claims a shard that is not done (claims.py), runs it, releases the claim, and goes on
 until nothing is left to claim. What a shard is, which shards may run and which are done,
-comes from the task's job kind (cejobs.run.kinds).
+comes from the task's job kind (cejobs.jobs.kinds).
 
 Attempts (--max-retries, as on Ray): a shard that raised is not retried in this run; a shard
 whose worker was lost (its claim went stale and was taken over) or whose worker could not
@@ -34,7 +34,7 @@ from cejobs.backends.slurm.claims import (HEARTBEAT_S, LEASE_S, ClaimBoard, Hear
 from cejobs.backends.watchdog import shard_timeout
 
 if TYPE_CHECKING:  # kept light: the summary step runs without torch
-    from cejobs.run.tasks import ShardTask
+    from cejobs.jobs.tasks import ShardTask
 
 
 # ---------------------------------------------------------------------------- stopping
@@ -53,7 +53,7 @@ class Stopper:
 
     Between shards the loop just ends. While a shard computes, Interrupted is raised to
     abandon it: its claim is released and it is not done. While a shard commits
-    (`cejobs.run.store.COMMIT` is active), the commit finishes first and the loop ends after it.
+    (`cejobs.store.store.COMMIT` is active), the commit finishes first and the loop ends after it.
     """
 
     def __init__(self) -> None:
@@ -69,7 +69,7 @@ class Stopper:
         self.reason = self.reason or reason
 
     def _handle(self, signum: int, frame) -> None:
-        from cejobs.run.store import COMMIT
+        from cejobs.store.store import COMMIT
 
         self.request(signal.Signals(signum).name)
         if self._computing and not COMMIT.active:
@@ -84,7 +84,7 @@ class Stopper:
             return None
 
         def handle(signum, frame) -> None:
-            from cejobs.run.store import COMMIT
+            from cejobs.store.store import COMMIT
 
             if self._computing and not COMMIT.active:  # a commit in progress finishes
                 self._computing = False
@@ -144,9 +144,9 @@ def claim_loop(
     make_worker: Callable | None = None,  # task -> worker; default: the task's job kind's
 ) -> LoopReport:
     """Claim and run shards of `task` until none is left to claim; see the module doc."""
-    from cejobs.run.kinds import pending_shards
-    from cejobs.run.store import CEStore
-    from cejobs.run.tasks import run_shard_safely
+    from cejobs.jobs.kinds import pending_shards
+    from cejobs.store.store import CEStore
+    from cejobs.jobs.results import run_shard_safely
 
     owner = owner or Owner.current()
     stopper = stopper or Stopper()

@@ -14,10 +14,12 @@ import numpy as np
 import torch
 
 from cejobs.devices import resolve_device
-from cejobs.run.layout import eval_prefix
-from cejobs.run.store import CEStore
-from cejobs.run.tasks import ShardError, ShardResult, ShardTask, worker_name
-from cejobs.run.worker_inputs import WorkerInputs, load_checkpoint_from
+from cejobs.store.layout import eval_prefix
+from cejobs.store.store import CEStore
+from cejobs.hosts import worker_name
+from cejobs.jobs.results import ShardError, ShardResult
+from cejobs.jobs.tasks import ShardTask
+from cejobs.jobs.worker_inputs import WorkerInputs, load_checkpoint_from
 
 
 class EvaluateWorker:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cejobs.run.config import ConfigError, GenerateConfig, parse_index_range
+from cejobs.jobs.config import ConfigError, GenerateConfig, parse_index_range
 
 
 @dataclass(frozen=True)

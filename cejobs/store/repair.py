@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cejobs.run.layout import EVAL_ARRAYS, eval_prefix
-from cejobs.run.store import LEFTOVER_AGE_S, CEStore, StoreError, write_error
+from cejobs.store.layout import EVAL_ARRAYS, eval_prefix
+from cejobs.store.store import LEFTOVER_AGE_S, CEStore, StoreError, write_error
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,12 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from cejobs import __version__
-from cejobs.run.layout import EVAL_ARRAYS, ArraySpec, Layout, chunks_of, eval_prefix, shape_of
-from cejobs.run.storage import (ObjectKeys, ObjectPath, group_files, location, write_missing,
+from cejobs.version import __version__
+from cejobs.store.layout import EVAL_ARRAYS, ArraySpec, Layout, chunks_of, eval_prefix, shape_of
+from cejobs.store.storage import (ObjectKeys, ObjectPath, group_files, location, write_missing,
                                 zarr_store)
+
+from cejobs.errors import StoreError, StoreWriteError
 
 STORE_FORMAT = "cejobs-store-v2"  # v2: crc32c on every chunk, metadata copies, sources_sha256
 OLD_FORMATS = ("cejobs-store-v1",)  # still opened: status, verify (decode only), evaluate
@@ -67,13 +69,8 @@ class CommitGuard:
 COMMIT = CommitGuard()  # signal handlers run in the main thread, which commits shards
 
 
-class StoreError(RuntimeError):
-    """A store that can't be used as asked; the message is one line."""
 
 
-class StoreWriteError(StoreError):
-    """The storage refused a write (full, read-only, no permission): the run stops at once,
-    finished shards keep their flags (cejobs.progress)."""
 
 
 def write_error(path: Path | str, e: OSError) -> StoreWriteError:
@@ -517,4 +514,4 @@ def create_eval_arrays(store: CEStore, name: str, attrs: dict[str, Any]) -> str:
 
 class ObjectCEStore(ObjectKeys, CEStore):
     """A store on object storage (s3://, fsspec URLs): CEStore with its key methods on
-    objects (cejobs/run/storage.py); CEStore.open picks it for an ObjectPath."""
+    objects (cejobs/store/storage.py); CEStore.open picks it for an ObjectPath."""

@@ -20,7 +20,7 @@ class ArraySpec:
 def generation_arrays(ce_dtype: str = "float32",
                       extras: dict[str, ArraySpec] | None = None) -> dict[str, ArraySpec]:
     """Array name -> spec for a generation store (shapes come from the plan); `extras` are a
-    method's own arrays (cejobs.method.methods)."""
+    method's own arrays (cejobs.jobs.methods)."""
     nan = float("nan")
     arrays = {
         "source/x": ArraySpec(("source", "channel", "height", "width"), "float32", nan),

@@ -17,16 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from cejobs.backends import BACKENDS as _BACKEND_TABLE
-from cejobs.method.methods import METHODS
-from cejobs.run.storage import ObjectPath, is_url, location
+from cejobs.jobs.methods import METHODS
+from cejobs.store.storage import ObjectPath, is_url, location
 from cejobs.settings import ConfigError, identity_of, parse, setting, typed
 
 PRECISIONS = ("fp32", "bf16")
 CE_DTYPES = ("float32", "float16")
 BUILTIN_DATASETS = ("digits", "cifar10", "svhn")
 SPLITS = ("train", "test")
-BACKENDS = tuple(_BACKEND_TABLE)
+BACKENDS = ("local", "ray", "slurm")  # cejobs.backends.BACKENDS has a class for each
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 _f = setting
 
@@ -119,7 +118,7 @@ class GenerateConfig(Resources):
     # ---------------------------------------------------------------- derived values
     def identity(self) -> dict[str, Any]:
         """The fields that decide the store's numbers (checksums are added by the driver):
-        the common ones, and those of its method (cejobs.method.methods)."""
+        the common ones, and those of its method (cejobs.jobs.methods)."""
         own = set(METHODS[self.method].identity)
         every_method = {name for m in METHODS.values() for name in m.identity}
         return {k: v for k, v in identity_of(self).items() if k not in every_method - own}

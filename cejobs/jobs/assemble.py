@@ -12,10 +12,10 @@ from cejobs.eval import figures as F
 from cejobs.eval import metrics as M
 from cejobs.eval import paired as P
 from cejobs.eval import report as R
-from cejobs.eval.inputs import Classifier
+from cejobs.jobs.eval_inputs import Classifier
 from cejobs.eval.intervals import N_RESAMPLES, SEED, Bootstrap
-from cejobs.run.layout import eval_prefix
-from cejobs.run.store import CEStore
+from cejobs.store.layout import eval_prefix
+from cejobs.store.store import CEStore
 
 GRID_SOURCES = 8  # sources drawn in each store's CE grid
 

@@ -22,11 +22,11 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
+from cejobs.errors import StorageError
+
 FS_OPTIONS = {"use_listings_cache": False}  # several processes write: never trust a listing
 
 
-class StorageError(RuntimeError):
-    """Object storage that can't be used as asked; the message is one line, with no secret."""
 
 
 def is_url(text: str | os.PathLike) -> bool:
@@ -179,7 +179,7 @@ def write_missing(where: ObjectPath, files: dict[str, bytes]) -> None:
 
 
 class ObjectKeys:
-    """CEStore's key methods (cejobs/run/store.py) on object storage, mixed into ObjectCEStore.
+    """CEStore's key methods (cejobs/store/store.py) on object storage, mixed into ObjectCEStore.
 
     Keys are objects below the store's prefix; a "folder" is a prefix with objects under it.
     A PUT is whole or absent, so writes need no temporary object, and there are no `*.partial`

@@ -9,7 +9,7 @@ import time
 
 from tqdm import tqdm
 
-from cejobs.run.tasks import ShardResult
+from cejobs.jobs.results import ShardResult
 
 
 class Progress:
@@ -30,7 +30,7 @@ class Progress:
             self.bar.set_postfix_str(f"{where}{rate:.2f} CE/s", refresh=False)
             self.bar.update(1)
         elif result.fatal:  # the storage refused a write: stop at the first one
-            from cejobs.run.store import StoreWriteError
+            from cejobs.store.store import StoreWriteError
 
             raise StoreWriteError(f"{where}shard {result.shard}: {result.error}")
         else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cejobs.run.layout import ArraySpec
+from cejobs.store.layout import ArraySpec
 
 
 def _as_is(net, config, device) -> tuple[Any, str]:

@@ -1,5 +1,5 @@
 """Job kinds: what fills a store, shard by shard. The one place that knows, per kind, its
-worker, its arrays and their prefix, its claims namespace, its preparation and its CE count.
+worker, its arrays and their prefix, its claims namespace and its CE count.
 
 Backends, the driver's progress and the SLURM claim loop ask the task's kind (`task.job`);
 they never branch on a kind's name. A new job kind is a new `JobKind` subclass here, with its
@@ -12,17 +12,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cejobs.run.layout import eval_prefix
+from cejobs.store.layout import eval_prefix
 
 if TYPE_CHECKING:
-    from cejobs.run.store import CEStore
-    from cejobs.run.tasks import ShardTask
-    from cejobs.run.worker_inputs import WorkerInputs
+    from cejobs.jobs.tasks import ShardTask
+    from cejobs.store.store import CEStore
+    from cejobs.jobs.worker_inputs import WorkerInputs
 
 
 class JobKind:
+    """Stateless: one instance per kind, in KINDS; equal by name (also after pickling)."""
+
     name: str
     namespace: str  # SLURM claims live under <store>/claims/<namespace>/
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobKind) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
     def make_worker(self, task: ShardTask, device: str | None = None,
                     inputs: WorkerInputs | None = None):
@@ -46,24 +54,20 @@ class JobKind:
         """Results per CE of a shard (one per classifier for evaluate)."""
         return 1
 
-    def prepare(self, argv: list[str]) -> tuple[list[ShardTask], list[str]]:
-        """A SLURM array task's start: create or open the store(s) from the command line's
-        flags; the tasks, and the argv of the summary step after the array."""
-        raise NotImplementedError
 
 
 class Generate(JobKind):
     name, namespace = "generate", "shard"
 
     def make_worker(self, task, device=None, inputs=None):
-        from cejobs.run.generate_worker import GenerateWorker
+        from cejobs.jobs.generate_worker import GenerateWorker
 
         return GenerateWorker(task, device, inputs=inputs)
 
     def inputs(self, task):
         from cejobs.data import load_dataset
-        from cejobs.method.methods import METHODS
-        from cejobs.run.worker_inputs import WorkerInputs
+        from cejobs.jobs.methods import METHODS
+        from cejobs.jobs.worker_inputs import WorkerInputs
 
         config = task.config
         dataset = (None if config.dataset.startswith("store:")  # workers read the store
@@ -77,16 +81,6 @@ class Generate(JobKind):
     def timing_prefix(self, task):
         return "shard"
 
-    def prepare(self, argv):
-        from cejobs.generate import prepare
-        from cejobs.run.config import check_slurm_store, parse_generate_args
-
-        from cejobs.run.tasks import ShardTask
-
-        config = parse_generate_args(argv, prog="python -m cejobs.array_task generate")
-        check_slurm_store("slurm", [str(config.resolved_store())])
-        path = str(prepare(config).path.resolve())
-        return [ShardTask(self.name, path, config)], ["summary", "--store", path]
 
 
 class Evaluate(JobKind):
@@ -95,12 +89,12 @@ class Evaluate(JobKind):
     name, namespace = "evaluate", "eval"
 
     def make_worker(self, task, device=None, inputs=None):
-        from cejobs.eval.worker import EvaluateWorker
+        from cejobs.jobs.evaluate_worker import EvaluateWorker
 
         return EvaluateWorker(task, device, inputs=inputs)
 
     def inputs(self, task):
-        from cejobs.run.worker_inputs import WorkerInputs
+        from cejobs.jobs.worker_inputs import WorkerInputs
 
         return WorkerInputs.read([c["path"] for c in task.options["classifiers"].values()])
 
@@ -117,14 +111,6 @@ class Evaluate(JobKind):
     def ce_factor(self, task):
         return len(task.options["classifiers"])
 
-    def prepare(self, argv):
-        from cejobs import evaluate
-        from cejobs.run.config import check_slurm_store, parse_evaluate_args
-
-        config = parse_evaluate_args(argv, prog="python -m cejobs.array_task evaluate")
-        check_slurm_store("slurm", config.store)
-        tasks = evaluate.create_tasks(evaluate.prepare(config))
-        return tasks, ["evaluate-summary", *argv]
 
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (Generate(), Evaluate())}

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 
-from cejobs.run.store import CEStore, StoreError, check_writable, write_error
+from cejobs.store.store import CEStore, StoreError, check_writable, write_error
 
 LEASE_S = 120.0  # a lease without a heartbeat for this long is stale
 HEARTBEAT_S = 15.0

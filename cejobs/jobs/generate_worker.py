@@ -3,7 +3,7 @@
 A shard computes its CEs, writes its rows of every array, then its done flag
 (docs/design.md §6-7). The same class runs in-process, in a Ray actor and in a SLURM task.
 What differs between methods (checkpoint, extra arrays, how a network is prepared and how
-CEs are made) comes from `cejobs.method.methods.METHODS`.
+CEs are made) comes from `cejobs.jobs.methods.METHODS`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import torch
 from cejobs.data import load_dataset
 from cejobs.devices import resolve_device
 from cejobs.method.distances import l0_distance, l2_distance
-from cejobs.method.methods import METHODS
-from cejobs.run.config import GenerateConfig
-from cejobs.run.plan import make_plan
-from cejobs.run.tasks import ShardError, ShardResult, ShardTask, worker_name
-from cejobs.run.worker_inputs import WorkerInputs, load_checkpoint_from
+from cejobs.jobs.methods import METHODS
+from cejobs.jobs.config import GenerateConfig
+from cejobs.jobs.plan import make_plan
+from cejobs.hosts import worker_name
+from cejobs.jobs.results import ShardError, ShardResult
+from cejobs.jobs.tasks import ShardTask
+from cejobs.jobs.worker_inputs import WorkerInputs, load_checkpoint_from
 
 
 class GenerateWorker:
@@ -37,7 +39,7 @@ class GenerateWorker:
         self.device = resolve_device(device or config.device)
         self.store = None
         if store:
-            from cejobs.run.store import CEStore  # zarr: only where the store is written
+            from cejobs.store.store import CEStore  # zarr: only where the store is written
 
             self.store = CEStore.open(task.store)
         self.dataset = (inputs.dataset if inputs and inputs.dataset is not None

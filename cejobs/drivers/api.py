@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from cejobs.run.store import CEStore
+from cejobs.store.store import CEStore
 
 
 def callable_module(name: str, function: Callable) -> None:
@@ -37,8 +37,8 @@ def generate(**fields: Any) -> CEStore:
 
     The store is returned also when some shards failed (`store.done()` says which are done);
     the messages the CLI prints are printed here too."""
-    from cejobs.generate import run_generate
-    from cejobs.run.config import GenerateConfig
+    from cejobs.drivers.generate import run_generate
+    from cejobs.jobs.config import GenerateConfig
     from cejobs.settings import typed
 
     store, _ = run_generate(typed(GenerateConfig, fields))
@@ -49,8 +49,8 @@ def evaluate(**fields: Any) -> dict[str, pd.DataFrame]:
     """Evaluate stores with classifiers, as `python -m cejobs.evaluate` does (it writes the
     same files); the tables of tables/*.csv as DataFrames, by name."""
     from cejobs.eval.report import tables
-    from cejobs.evaluate import run_evaluate
-    from cejobs.run.config import EvaluateConfig
+    from cejobs.drivers.evaluate import run_evaluate
+    from cejobs.jobs.config import EvaluateConfig
     from cejobs.settings import typed
 
     results, _ = run_evaluate(typed(EvaluateConfig, fields))
@@ -73,8 +73,8 @@ def open_store(path: str | Path) -> StoreData:
 
     from cejobs.eval.metrics import distance_summary
     from cejobs.eval.report import StoreResult, distance_table
-    from cejobs.run.layout import eval_prefix
-    from cejobs.run.storage import zarr_store
+    from cejobs.store.layout import eval_prefix
+    from cejobs.store.storage import zarr_store
 
     store = CEStore.open(path)
     tree = xr.open_datatree(zarr_store(store.path, read_only=True), engine="zarr",

@@ -1,0 +1,106 @@
+"""The generate driver: plan a run, create or resume its store, run its shards on the chosen
+backend (`python -m cejobs.generate` and `cejobs.generate(...)` both run `run_generate`).
+
+Re-running the same command resumes: only shards not done are run (and done shards that the
+store's repair policy finds damaged). A store made with a different configuration or
+checkpoint is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from cejobs.backends import Backend, make_ready_backend
+from cejobs.data import load_dataset
+from cejobs.jobs.methods import METHODS
+from cejobs.models.checkpoint import load_checkpoint
+from cejobs.drivers.progress import Progress
+from cejobs.jobs.config import ConfigError, GenerateConfig, parse_generate_args
+from cejobs.jobs.kinds import KINDS, pending_shards
+from cejobs.store.layout import Layout, generation_arrays
+from cejobs.jobs.plan import make_plan
+from cejobs.store.lease import DriverLease
+from cejobs.store.repair import repair
+from cejobs.store.store import OLD_FORMATS, CEStore, create_or_open
+from cejobs.jobs.tasks import ShardTask
+
+
+def check_checkpoint(config: GenerateConfig, dataset) -> dict[str, str]:
+    """Load the run's checkpoint once, check it fits the dataset; return its checksum field."""
+    method = METHODS[config.method]
+    path = method.checkpoint_path(config)
+    ckpt = load_checkpoint(path, expect_kind=method.checkpoint)
+    shape = tuple(ckpt.meta["image_shape"])
+    if shape != tuple(dataset.image_shape) or ckpt.meta["num_classes"] != dataset.num_classes:
+        raise ConfigError(
+            f"{method.flag} {path} is for images {shape} with {ckpt.meta['num_classes']} "
+            f"classes, but {config.dataset} has {tuple(dataset.image_shape)} with "
+            f"{dataset.num_classes} classes"
+        )
+    return {method.sha256_field: ckpt.sha256}
+
+
+def prepare(config: GenerateConfig) -> CEStore:
+    """Everything before the work: dataset, checkpoint, plan, then create or open the store.
+    The identity records the sources' content (`sources_sha256`), so a changed dataset file
+    is refused on resume."""
+    dataset = load_dataset(config.dataset, config.data_root, config.split)
+    checksum = check_checkpoint(config, dataset)
+    plan = make_plan(config, len(dataset), dataset.num_classes)
+    layout = Layout(plan.num_sources, plan.ces_per_source, plan.num_classes,
+                    tuple(dataset.image_shape), plan.shard_size)
+    identity = {**config.identity(), **checksum,
+                "sources_sha256": dataset.sources_sha256(plan.source_index)}
+    arrays = generation_arrays(config.ce_dtype, METHODS[config.method].arrays)
+    store = create_or_open(config.resolved_store(), identity, layout, arrays,
+                           dict(config=config.to_dict(), kind="generate"))
+    if store.format in OLD_FORMATS:
+        print(f"note: {store.path} is a {store.format} store (an older cejobs): it records no "
+              f"chunk checksums and no hash of the sources, so changed bytes or a changed "
+              f"dataset file can't be detected in it", file=sys.stderr)
+    return store
+
+
+def run_generate(config: GenerateConfig) -> tuple[CEStore, int]:
+    """Create or resume the store of `config` and run what is left; the store, and the exit
+    status: 0 when every shard is done, 1 when some are not."""
+    backend = make_ready_backend(config)
+    store = prepare(config)
+    with DriverLease(store, "generate"):
+        return _run(config, store, backend)
+
+
+def _run(config: GenerateConfig, store: CEStore, backend: Backend) -> tuple[CEStore, int]:
+    found = repair(store)
+    for line in found.lines():
+        print(line, file=sys.stderr)
+    if found.generation:
+        print(f"redoing {len(found.generation)} damaged shard(s): {found.generation}",
+              file=sys.stderr)
+    path = store.path
+    task = ShardTask(KINDS["generate"], str(path.resolve()), config)
+    pending = pending_shards(store, task)
+    if not pending:
+        print(f"store complete: {path} ({store.num_shards}/{store.num_shards} shards); "
+              f"nothing to do")
+        print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(path))}")
+        return store, 0
+    print(f"{len(pending)} of {store.num_shards} shards to run on backend "
+          f"'{config.backend}' -> {path}", file=sys.stderr)
+    progress = Progress(store.num_shards, config.progress, done=store.num_shards - len(pending))
+    report = backend.run(task, pending, progress)
+    seconds = progress.close()
+    done = int(store.done().sum())
+    rate = progress.ces / max(seconds, 1e-9)
+    print(f"generated {progress.ces} CEs in {len(report.done)} shards, {seconds:.1f} s "
+          f"({rate:.2f} CE/s); {done}/{store.num_shards} shards done in {path}")
+    for line in progress.errors:
+        print(line, file=sys.stderr)
+    if done < store.num_shards:
+        print(f"incomplete: {store.num_shards - done} shard(s) not done; run the same command "
+              f"to resume", file=sys.stderr)
+        return store, 1
+    print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(path))}")
+    return store, 0
+
