@@ -64,8 +64,9 @@ bench generate-paper 100 generate $P --fast --compile --sources 250 --shard-size
 bench fusion 45 fusion --device cuda --batch 64 --channels 128 --size 32
 left=$(( 440 - ($(date +%s) - start) ))
 if [ "$left" -gt 30 ]; then
-  timeout "$left" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_noise.py \
-    tests/test_neighborhood.py tests/test_sampler.py 2>&1 | tail -4 | tee "$out/pytest.txt"
+  timeout "$left" python3 -m pytest -q -p no:cacheprovider tests/unit/method/test_gpu.py \
+    tests/unit/method/test_noise.py tests/unit/method/test_neighborhood.py \
+    tests/unit/method/test_sampler.py 2>&1 | tail -4 | tee "$out/pytest.txt"
 else
   echo "pytest: skipped, $left s left of the 440 s budget" | tee "$out/pytest.txt"
 fi

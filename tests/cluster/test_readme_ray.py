@@ -26,7 +26,7 @@ import zarr
 from tests.conftest import REPO, run_module
 from tests.ray_fixtures import kill_session
 
-MARKER = "<!-- tests/test_readme_ray.py runs this block verbatim -->"
+MARKER = "<!-- tests/cluster/test_readme_ray.py runs this block verbatim -->"
 
 
 def readme_block() -> str:

@@ -1,6 +1,6 @@
 """GPU checks: they need a CUDA device, so they skip on CPU-only machines (CI) with that reason.
 
-Run on a GPU machine: python -m pytest tests/test_gpu.py
+Run on a GPU machine: python -m pytest tests/unit/method/test_gpu.py
 """
 
 import pytest

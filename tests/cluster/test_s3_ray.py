@@ -25,8 +25,8 @@ from cejobs.data import load_dataset
 from tests.conftest import REPO, run_module
 from tests.ray_fixtures import AUTH_ENV, RAY_CLI, free_ports, kill_session, start_ray_cluster
 from tests.s3_fixtures import clean_env
-from tests.test_generate import assert_same
-from tests.test_s3 import NAMES, s3_arrays
+from tests.integration.test_generate import assert_same
+from tests.integration.test_s3 import NAMES, s3_arrays
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray_cluster]
 

@@ -19,7 +19,7 @@ from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import load_checkpoint, save_checkpoint
 from cejobs.store.store import CEStore
 from tests.kill_after import KILL_AFTER_ENV
-from tests.conftest import run_module
+from tests.conftest import REPO, run_module
 
 FAST = ["--backend", "local", "--threads", "1", "--no-progress"]
 N, SHARD, CLASSES = 8, 2, 10  # 4 shards; K = 10 CEs per source (per_class 1)
@@ -162,7 +162,7 @@ def test_default_classifiers_two_stores_artifacts(world, tmp_path, monkeypatch, 
     # the docs' table script reads the same summary: intervals and the comparisons
     import runpy
 
-    table = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "digits_results_table.py"))
+    table = runpy.run_path(str(REPO / "scripts" / "digits_results_table.py"))
     text = table["tables"](summary)
     iv = by_name["clean"]["classifiers"]["standard"]["ce_accuracy"]["different_class"]
     assert table["ci"](iv, pct=True) in text

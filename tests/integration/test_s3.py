@@ -17,13 +17,13 @@ from cejobs.store.storage import location, zarr_store
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 from tests.s3_fixtures import BUCKET, clean_env
-from tests.test_generate import arrays, assert_same, gen_args
+from tests.integration.test_generate import arrays, assert_same, gen_args
 
 pytestmark = pytest.mark.s3
 
 
 NAMES = ("source/x", "source/y", "source/index", "ce/x", "ce/target", "ce/l2", "ce/l0",
-         "shard/done")  # what tests/test_generate.py:arrays compares
+         "shard/done")  # what test_generate.arrays compares
 
 
 def s3_arrays(url: str, *names: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,5 @@
 """The shipped digits models load and hit their documented figures (docs/models.md) on the test split."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -9,8 +7,9 @@ from cejobs.data import load_dataset
 from cejobs.models.checkpoint import load_checkpoint
 from cejobs.method.sde import VPSDE
 from cejobs.train.classifier import accuracy
+from tests.conftest import REPO
 
-DIGITS = Path(__file__).resolve().parent.parent / "data" / "digits"
+DIGITS = REPO / "data" / "digits"
 
 # docs/models.md, "Shipped models": clean and L2 PGD-8 test accuracy (%) at the model's own eps.
 CLASSIFIERS = {
