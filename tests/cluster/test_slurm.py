@@ -1,8 +1,9 @@
-"""SLURM: shard claims, `sbatch slurm/gen_ce.sh` and `slurm/eval_ce.sh`, and `--backend slurm`
-(submitit) for generation and evaluation.
+"""SLURM: `sbatch slurm/gen_ce.sh` and `slurm/eval_ce.sh`, `--backend slurm` (submitit) for
+generation and evaluation, and the claim of a SLURM job that ended (the claim rules without a
+cluster are in tests/unit/backends/test_claims.py).
 
-The claim tests need no cluster. The others run on the real local single-node SLURM
-(slurm/local/cluster.sh, fixture `slurm_cluster`): tiny seeded model, a config and stores
+Every test runs on the real local single-node SLURM (slurm/local/cluster.sh, fixture
+`slurm_cluster`): tiny seeded model, a config and stores
 in a folder whose name has spaces, 1 CPU and a fake GPU per task. Every finished store must be
 array-equal to a `--backend local` run of the same config (threads pinned to 1 in both).
 """
@@ -14,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -25,14 +25,8 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.backends.slurm.claims import ClaimBoard, Heartbeat, Owner, claims_root
-from cejobs.backends.slurm.loop import Interrupted, Stopper
-from cejobs.backends.slurm.squeue import SlurmJobs
-from cejobs.jobs.kinds import pending_shards
-from cejobs.store.layout import Layout, generation_arrays
-from cejobs.store.store import CEStore, create_or_open
-from cejobs.jobs.kinds import KINDS
-from cejobs.jobs.tasks import ShardTask
+from cejobs.backends.slurm.claims import ClaimBoard, Owner, claims_root
+from cejobs.store.store import CEStore
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 from tests.slurm_fixtures import SlurmCluster
@@ -43,164 +37,6 @@ TASK_FLAGS = ["--cpus-per-task=1", "--mem=1G", "--time=15"]  # the local node ha
 COMPARED = ("source/x", "source/y", "source/index", "ce/x", "ce/target", "ce/l2", "ce/l0",
             "shard/done")
 DONE_LINE = re.compile(r"cejobs: shard (\d+) done in")
-
-
-# ============================================================================ claims (no SLURM)
-def _claimer(root: Path, script: str) -> subprocess.Popen:
-    """A second process that uses cejobs.backends.slurm.claims on `root`; it reads commands on stdin."""
-    code = textwrap.dedent(f"""
-        import json, os, sys
-        from cejobs.backends.slurm.claims import ClaimBoard, Owner
-        board = ClaimBoard({str(root)!r}, Owner.current(run="other"), lease_s=3600)
-    """) + textwrap.dedent(script)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for key in [k for k in env if k.startswith("SLURM_")]:
-        env.pop(key)  # an owner outside SLURM, whatever runs the tests
-    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
-
-
-def test_two_processes_never_claim_the_same_shard(tmp_path: Path) -> None:
-    """Both processes go for the same shard in every round (lockstep through their stdin), so
-    they contend 300 times whatever the scheduler does; exactly one wins each round."""
-    script = """
-        for line in sys.stdin:
-            print(json.dumps(board.try_claim(int(line)) is not None), flush=True)
-    """
-    procs = [_claimer(tmp_path, script) for _ in range(2)]
-    wins = []
-    for shard in range(300):
-        for p in (procs if shard % 2 else procs[::-1]):  # alternate who is told first
-            p.stdin.write(f"{shard}\n")
-            p.stdin.flush()
-        wins.append([json.loads(p.stdout.readline()) for p in procs])
-    for p in procs:
-        p.communicate(timeout=60)
-    assert all(sum(w) == 1 for w in wins), [s for s, w in enumerate(wins) if sum(w) != 1]
-    got = [{s for s, w in enumerate(wins) if w[i]} for i in range(2)]
-    assert got[0] | got[1] == set(range(300)) and not got[0] & got[1]
-
-
-def test_claim_of_dead_process_is_stale_and_taken_over(tmp_path: Path) -> None:
-    proc = _claimer(tmp_path, "board.try_claim(0); os._exit(0)  # dies holding the claim\n")
-    proc.wait(timeout=60)
-    me = ClaimBoard(tmp_path, Owner.current(run="me"), lease_s=3600, slurm=SlurmJobs())
-    info = me.read(0)
-    assert info is not None and info.owner.pid == proc.pid
-    assert me.stale_reason(info) == f"owner process {proc.pid} on this host is gone"
-    claim, why = me.acquire([0])
-    assert claim.shard == 0 and why.startswith(f"owner process {proc.pid}")
-    assert me.read(0).owner.pid == os.getpid()
-
-
-def test_live_claim_is_kept_until_its_lease_expires_then_taken_over(tmp_path: Path) -> None:
-    proc = _claimer(tmp_path, """
-        claim = board.try_claim(5)
-        print("claimed", flush=True)
-        sys.stdin.readline()
-        print(json.dumps(claim.held()), flush=True)
-        claim.release()  # no longer ours: must not remove the new owner's claim
-        print("released", flush=True)
-        sys.stdin.readline()
-    """)
-    assert proc.stdout.readline().strip() == "claimed"
-    me = ClaimBoard(tmp_path, Owner.current(run="me"), lease_s=60)
-    assert me.try_claim(5) is None
-    assert me.acquire([5]) is None  # owner alive, heartbeat fresh
-    old = time.time() - 120
-    os.utime(tmp_path / "5", (old, old))  # its heartbeat stopped two minutes ago
-    assert me.stale_reason(me.read(5)).startswith("no heartbeat for 1")
-    claim, why = me.acquire([5])
-    assert claim is not None and why.startswith("no heartbeat")
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    assert json.loads(proc.stdout.readline()) is False  # the old owner sees it lost the claim
-    assert proc.stdout.readline().strip() == "released"
-    assert claim.held()
-    claim.release()
-    assert not (tmp_path / "5").exists()
-    proc.communicate("\n", timeout=30)
-
-
-def test_heartbeat_keeps_a_held_claim_fresh(tmp_path: Path) -> None:
-    board = ClaimBoard(tmp_path, Owner.current(run="me"), lease_s=60)
-    claim = board.try_claim(0)
-    old = time.time() - 120
-    os.utime(tmp_path / "0", (old, old))
-    beat = Heartbeat(interval_s=0.05)
-    beat.claim = claim
-    try:
-        deadline = time.monotonic() + 10
-        while board.stale_reason(board.read(0)) is not None:
-            assert time.monotonic() < deadline, "the heartbeat did not refresh the claim"
-            time.sleep(0.05)
-    finally:
-        beat.close()
-    assert not beat.lost
-
-
-def test_requeued_job_clears_claims_of_its_earlier_run(tmp_path: Path) -> None:
-    first = Owner("node1", 11, run="42", job="43", task="42_1", restart=0)
-    again = dataclasses.replace(first, pid=12, restart=1)
-    other = Owner("node2", 13, run="42", job="44", task="42_2", restart=0)
-    ClaimBoard(tmp_path, first).try_claim(1)
-    ClaimBoard(tmp_path, other).try_claim(2)
-    board = ClaimBoard(tmp_path, again, slurm=SlurmJobs())
-    assert board.clear_own_leftovers() == [1]
-    assert not (tmp_path / "1").exists() and (tmp_path / "2").exists()
-
-
-def test_failures_are_counted_per_run(tmp_path: Path) -> None:
-    a = ClaimBoard(tmp_path, Owner("h", 1, run="run-a"))
-    b = ClaimBoard(tmp_path, Owner("h", 2, run="run b"))
-    a.record_failure(3, "boom 1")
-    a.record_failure(3, "boom 2")
-    b.record_failure(4, "other")
-    assert a.failures("run-a") == {3: ["boom 1", "boom 2"]}
-    assert a.failures() == {3: ["boom 1", "boom 2"], 4: ["other"]}
-
-
-def _tiny_store(path: Path) -> CEStore:
-    layout = Layout(num_sources=4, ces_per_source=2, num_classes=2, image_shape=(1, 2, 2),
-                    shard_size=2)
-    return create_or_open(path, {"seed": 0}, layout, generation_arrays(), {"config": {}})
-
-
-def _shard_data(n: int = 2) -> dict[str, np.ndarray]:
-    return {"source/x": np.zeros((n, 1, 2, 2), np.float32), "source/y": np.zeros(n, np.int64),
-            "source/index": np.arange(n), "ce/x": np.ones((n, 2, 1, 2, 2), np.float32),
-            "ce/target": np.zeros((n, 2), np.int64), "ce/l2": np.ones((n, 2), np.float32),
-            "ce/l0": np.ones((n, 2), np.float32)}
-
-
-def test_stop_signal_abandons_a_computing_shard_but_not_a_commit(tmp_path: Path) -> None:
-    previous = signal.getsignal(signal.SIGUSR2)
-    try:
-        stopper = Stopper().install([signal.SIGUSR2])
-        with pytest.raises(Interrupted):
-            with stopper.computing():
-                os.kill(os.getpid(), signal.SIGUSR2)
-                time.sleep(5)  # computing: the signal interrupts this
-        assert stopper.reason == "SIGUSR2"
-
-        store = _tiny_store(tmp_path / "s.zarr")
-        stopper = Stopper().install([signal.SIGUSR2])
-        real = store.remove_leftovers
-
-        def signal_mid_commit(shard, names):  # called inside CEStore.write_shard
-            os.kill(os.getpid(), signal.SIGUSR2)
-            time.sleep(0.2)
-            real(shard, names)
-
-        store.remove_leftovers = signal_mid_commit
-        with stopper.computing():
-            store.write_shard(1, _shard_data())  # completes despite the signal
-        assert stopper.reason == "SIGUSR2"
-        assert store.done().tolist() == [False, True]
-        task = ShardTask(KINDS["generate"], str(store.path), {})
-        assert pending_shards(store, task) == [0]
-    finally:
-        signal.signal(signal.SIGUSR2, previous)
 
 
 # ============================================================================ helpers (SLURM)

@@ -1,5 +1,6 @@
-"""The execution layer's single homes: job kinds, the repair policy, the retry rule, typed
-settings (ranges, choices, TOML for every command)."""
+"""The execution layer's single homes: job kinds, the repair policy, typed settings (ranges,
+choices, TOML for every command), the SLURM backend's requeue limits, the shard watchdog and
+Ray's fence. The claim board's retry rule is in tests/unit/backends/test_claims.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pickle
 import numpy as np
 import pytest
 
-from cejobs.backends.slurm.claims import ClaimBoard, Owner
 from cejobs.jobs.config import EvaluateConfig, GenerateConfig, parse_evaluate_args
 from cejobs.jobs.kinds import KINDS, pending_shards
 from cejobs.store.layout import Layout, generation_arrays
@@ -75,17 +75,6 @@ def test_repair_policy(tmp_path):
                for f in full.findings)  # a leftover is not damage
 
 
-def test_retry_rule_is_the_same_as_on_ray(tmp_path):
-    board = ClaimBoard(tmp_path, Owner.current(run="r"))
-    board.record_failure(1, "worker lost: no heartbeat")
-    board.record_failure(1, "worker lost: owner job is not running")
-    board.record_failure(2, "ShardError: 3 CEs are not finite", raised=True)
-    assert board.given_up("r", max_retries=2) == {2: "ShardError: 3 CEs are not finite"}
-    assert board.given_up("r", max_retries=1) == {1: "worker lost: owner job is not running",
-                                                   2: "ShardError: 3 CEs are not finite"}
-    assert board.given_up("another run", max_retries=0) == {}
-
-
 @pytest.mark.parametrize("values, message", [
     ({"threshold": 1}, "unknown key 'threshold' in configuration"),
     ({"robust_threshold": 1.0}, "--robust-threshold must be in (0, 1) (got 1.0)"),
@@ -120,9 +109,9 @@ def test_every_command_reads_toml(tmp_path):
         parse_evaluate_args([])
 
 
-def test_slurm_tasks_requeue_through_submitit_checkpointable(tmp_path):
-    from submitit.helpers import Checkpointable, DelayedSubmission
-
+def test_slurm_backend_takes_its_requeue_limits_from_the_config(tmp_path):
+    """The limits reach submitit's executor, and the job submitit pickles (and requeues on
+    SIGUSR2) carries the typed config."""
     from cejobs.backends.slurm import ClaimLoopJob, SlurmBackend
 
     config = GenerateConfig(slurm_max_timeouts=7, max_retries=2)
@@ -130,9 +119,6 @@ def test_slurm_tasks_requeue_through_submitit_checkpointable(tmp_path):
     assert (backend.max_timeouts, backend.max_retries) == (7, 2)
     assert backend._executor(tmp_path, "x")._executor.max_num_timeout == 7
     job = ClaimLoopJob(ShardTask(KINDS["generate"], str(tmp_path), config), "run-1", 60.0)
-    again = job.checkpoint(3)  # what submitit requeues on SIGUSR2: this job, same index
-    assert isinstance(job, Checkpointable) and isinstance(again, DelayedSubmission)
-    assert again.function is job and again.args == (3,)
     assert pickle.loads(pickle.dumps(job)).task.config == config
 
 
@@ -146,22 +132,6 @@ def test_shard_timeout_is_set_or_derived_from_finished_shards():
     assert shard_timeout(0, [60.0, 50.0, 70.0, float("nan")]) == FACTOR * 60.0
 
 
-def test_a_claim_without_heartbeat_for_the_shard_timeout_is_stale(tmp_path):
-    """The SLURM watchdog: a hung owner (stopped: no heartbeat) loses its claim after the
-    shard timeout, long before the lease ends."""
-    import os
-    import time
-
-    owner = ClaimBoard(tmp_path, Owner("elsewhere", 1, run="r"), lease_s=600)
-    assert owner.try_claim(3) is not None
-    me = ClaimBoard(tmp_path, Owner.current(run="r"), lease_s=600)
-    old = time.time() - 30
-    os.utime(tmp_path / "3", (old, old))
-    assert me.stale_reason(me.read(3)) is None  # no shard timeout yet: only the lease
-    me.hung_s = 20.0
-    assert me.stale_reason(me.read(3)).startswith("hung: no heartbeat for 3")
-
-
 def test_ray_fence_is_shorter_than_node_death():
     from cejobs.backends.ray.actors import fence_seconds
 
@@ -172,29 +142,3 @@ def test_ray_fence_is_shorter_than_node_death():
                           "RAY_health_check_failure_threshold": "2"}) == 1.0
 
 
-def test_a_task_abandons_a_shard_whose_claim_was_taken_over(tmp_path):
-    """A stopped task that is continued after its claim was taken over (its owner looked
-    hung) abandons the shard in hand instead of writing it beside the task that took it."""
-    import signal
-    import threading
-    import time
-
-    from cejobs.backends.slurm.claims import Heartbeat
-    from cejobs.backends.slurm.loop import Abandoned, Stopper
-
-    stopper = Stopper()
-    on_lost = stopper.abandon_on()
-    try:
-        mine = ClaimBoard(tmp_path, Owner("here", 1, run="r")).try_claim(0)
-        beat = Heartbeat(interval_s=0.05, on_lost=on_lost)
-        beat.claim = mine
-        other = ClaimBoard(tmp_path, Owner("there", 2, run="r"))
-        with pytest.raises(Abandoned), stopper.computing():
-            threading.Thread(target=lambda: other.take_over(other.read(0))).start()
-            deadline = time.monotonic() + 60  # liveness bound: the heartbeat sees it in ~0.05 s
-            while time.monotonic() < deadline:
-                time.sleep(0.01)
-        assert beat.lost == {0}
-        beat.close()
-    finally:
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
