@@ -18,6 +18,16 @@ pytest_plugins = ["tests.slurm_fixtures", "tests.ray_fixtures", "tests.multihost
                   "tests.s3_fixtures"]
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` skip, with the reason printed by -ra, where CUDA is unavailable."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Seeded, untrained tiny digits models (8x8x1, 10 classes): fast and deterministic."""

@@ -1,6 +1,6 @@
 """GPU checks: they need a CUDA device, so they skip on CPU-only machines (CI) with that reason.
 
-Run on a GPU machine: python -m pytest tests/unit/method/test_gpu.py
+Run on a GPU machine: python -m pytest -m gpu
 """
 
 import pytest
@@ -10,8 +10,7 @@ from cejobs.models import UNET_PRESETS, UNet
 from cejobs.method.noise import CENoise
 from cejobs.method.sampler import sample_ce, to_image_space
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA device (GPU-only check)")
+pytestmark = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 
 
 def _net(device):
