@@ -1,7 +1,8 @@
 """Evaluation figures as PNGs, modelled on the paper's figures 2-5 and 8 (arXiv 2404.10588).
 
-Each function draws one figure on a fresh matplotlib `Figure` with the Agg canvas (no pyplot,
-no global backend state), writes it to `path` and returns the path.
+Each `draw_*` function draws one figure on a fresh matplotlib `Figure` (no pyplot, no global
+backend state) and returns it; its `plot_*` twin writes that figure as a PNG to `path` with the
+Agg canvas and returns the path.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def _finite(a) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def plot_distance_histograms(path, stores: dict, bins: int = 40, medians: dict | None = None
-                             ) -> Path:
+def draw_distance_histograms(stores: dict, bins: int = 40, medians: dict | None = None
+                             ) -> Figure:
     """Paper figs. 2 and 5: density histograms of the L2 and L0 distances of different-class
     CEs, one curve per store, on shared bins. stores: label -> (l2, l0, same_class_mask),
     arrays of one shape (e.g. (N, K)). medians (optional): label -> (L2, L0) median intervals
@@ -85,10 +86,16 @@ def plot_distance_histograms(path, stores: dict, bins: int = 40, medians: dict |
         # below the panel, so that it hides no curve (inside, it covered the peaks)
         ax.legend(fontsize=8.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16))
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def plot_confidence_vs_distance(path, per_classifier: dict, ncols: int = 3) -> Path:
+def plot_distance_histograms(path, stores: dict, bins: int = 40, medians: dict | None = None
+                             ) -> Path:
+    """draw_distance_histograms, written to `path` as a PNG."""
+    return _save(draw_distance_histograms(stores, bins, medians), path)
+
+
+def draw_confidence_vs_distance(per_classifier: dict, ncols: int = 3) -> Figure:
     """Paper fig. 3: confidence f(x)[y] against the mean L2 of the source's different-class
     CEs, one panel per classifier, with the least-squares line and r^2 in the title.
     per_classifier: name -> (d, conf, fit) or (d, conf, fit, correct), fit being
@@ -125,7 +132,12 @@ def plot_confidence_vs_distance(path, per_classifier: dict, ncols: int = 3) -> P
         ax.set_ylabel("confidence f(x)[y]")
     for ax in axes[len(per_classifier):]:
         ax.set_visible(False)
-    return _save(fig, path)
+    return fig
+
+
+def plot_confidence_vs_distance(path, per_classifier: dict, ncols: int = 3) -> Path:
+    """draw_confidence_vs_distance, written to `path` as a PNG."""
+    return _save(draw_confidence_vs_distance(per_classifier, ncols), path)
 
 
 def _yerr(df: pd.DataFrame, col: str, vals: np.ndarray) -> np.ndarray | None:
@@ -138,7 +150,7 @@ def _yerr(df: pd.DataFrame, col: str, vals: np.ndarray) -> np.ndarray | None:
     return np.nan_to_num(np.stack([vals - low, high - vals]).clip(min=0))
 
 
-def plot_accuracy_bars(path, table) -> Path:
+def draw_accuracy_bars(table) -> Figure:
     """Paper fig. 4: grouped bars of clean, same-class CE and different-class CE accuracy per
     classifier, and a second panel of probability source predicted; one row of panels per
     store. table: a DataFrame (or records) with report.accuracy_table's columns classifier,
@@ -184,7 +196,12 @@ def plot_accuracy_bars(path, table) -> Path:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8.5,
                frameon=False)
-    return _save(fig, path)
+    return fig
+
+
+def plot_accuracy_bars(path, table) -> Path:
+    """draw_accuracy_bars, written to `path` as a PNG."""
+    return _save(draw_accuracy_bars(table), path)
 
 
 def _rgb(x) -> np.ndarray:
@@ -193,8 +210,8 @@ def _rgb(x) -> np.ndarray:
     return np.repeat(x[0][..., None], 3, axis=-1) if x.shape[0] == 1 else np.moveaxis(x[:3], 0, -1)
 
 
-def plot_ce_grid(path, source_x, source_y, ce_x, ce_target, ce_l2, max_sources: int = 8,
-                 class_names=None) -> Path:
+def draw_ce_grid(source_x, source_y, ce_x, ce_target, ce_l2, max_sources: int = 8,
+                 class_names=None) -> Figure:
     """Paper fig. 8: one row per source, its image and class first, then each of its CEs
     labelled with its target and L2. source_x (n, C, H, W), ce_x (n, K, C, H, W) in [0, 1];
     C = 1 is drawn in grayscale, C = 3 as RGB, with nearest-neighbour pixels.
@@ -236,4 +253,11 @@ def plot_ce_grid(path, source_x, source_y, ce_x, ce_target, ce_l2, max_sources: 
     ax.set_axis_off()
     fig.suptitle("Sources (left, red frame) and their CEs: target class and L2 distance "
                  "(grey: same-class)", fontsize=12, y=1 - 0.1 * title_in / fig.get_figheight())
-    return _save(fig, path)
+    return fig
+
+
+def plot_ce_grid(path, source_x, source_y, ce_x, ce_target, ce_l2, max_sources: int = 8,
+                 class_names=None) -> Path:
+    """draw_ce_grid, written to `path` as a PNG."""
+    return _save(draw_ce_grid(source_x, source_y, ce_x, ce_target, ce_l2, max_sources,
+                              class_names), path)
