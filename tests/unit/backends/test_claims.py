@@ -31,7 +31,7 @@ from tests.conftest import REPO
 
 
 def _claimer(root: Path, script: str) -> subprocess.Popen:
-    """A second process that uses cejobs.backends.slurm.claims on `root`; it reads commands on stdin."""
+    """A second process with a ClaimBoard on `root`; it reads its commands on stdin."""
     code = textwrap.dedent(f"""
         import json, os, sys
         from cejobs.backends.slurm.claims import ClaimBoard, Owner
