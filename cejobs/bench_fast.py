@@ -1,4 +1,4 @@
-"""The fast path's benchmarks (issue 16, docs/performance.md); they need only torch (and numpy).
+"""The fast path's benchmarks (docs/performance.md, "Fast path"); they need only torch (and numpy).
 
 - `bench sampler --fast`: CE/s of `fastpath.FastSampler`, with compile time, MFU of the whole
   step against a matmul peak measured in the same run, and (`--baseline`) the fp32 eager

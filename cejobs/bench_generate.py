@@ -1,6 +1,6 @@
 """`bench generate`: the generation worker's shards end to end without a store (zarr is not
 needed, so it runs on a bare GPU image): start-up, source loading, sampling, distances and a
-stand-in write, each timed (issue 16, docs/performance.md).
+stand-in write, each timed (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """CPU threads: how many a worker may use, and how idle OpenMP threads wait.
 
 On a loaded machine (a shared login node, a SLURM node where a task has fewer CPUs than it
-sees, CI) torch's OpenMP threads used to spin-wait for partners that were not scheduled: two
-threads beside two busy processes took 4x the wall time and 11x the CPU of one thread
-(docs/performance.md, "CPU threads under load"). Two rules prevent that:
+sees, CI) torch's OpenMP threads, left to their defaults, spin-wait for partners that are not
+scheduled: two threads beside two busy processes took 4x the wall time and 11x the CPU of one
+thread (docs/performance.md, "CPU threads under load"). Two rules prevent that:
 
 - a worker uses at most the CPUs it may run on (affinity mask, SLURM_CPUS_PER_TASK, cgroup
   quota), never os.cpu_count();

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 16's GPU figures in one call, under 8 minutes on an H200 (docs/performance.md, "Fast path"):
+# The fast path's GPU figures in one call, under 8 minutes on an H200 (docs/performance.md,
+# "Fast path"):
 #   fast-bf16       the fast path's CE/s (bf16, paper preset, batch 1000), MFU of the whole step
 #                   against a bf16 8192^3 matmul measured in the same run, and the fp32 eager
 #                   sampler's CE/s in the same run (same net, same batch);
@@ -82,7 +83,7 @@ def load(name):
         return None
 f, g, k = load("fast-bf16"), load("generate-paper"), load("fusion")
 na = "not measured (see the .err file)"
-print("\n== issue 16 figures:", (out / "device.txt").read_text().strip())
+print("\n== fast path figures:", (out / "device.txt").read_text().strip())
 if f:
     print(f"fast path, bf16, paper, batch {f['batch_ces']}: {f['ces_per_s_at_1000_steps']:.2f} CE/s "
           f"(step {f['step_ms']:.1f} ms, mode {f['mode']}, compile {f['compile_seconds'] or 0:.0f} s)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15 point 6: does the ratio of CE distance to the robust radius explain why the digits
+# Does the ratio of CE distance to the robust radius explain why the digits
 # robust models do not predict the source class of different-class CEs (paper fig. 4)?
 # Boltzmann CEs of the digits test split at several sigma_CE (which sets how far CEs go), each
 # store evaluated with the shipped classifiers (with bootstrap intervals), then one figure:

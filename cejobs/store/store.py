@@ -40,7 +40,7 @@ V2_IDENTITY = ("sources_sha256",)  # identity fields a v1 store did not record
 ATTRS_KEY = "cejobs"
 _SHARD_FIELDS = ("started_at", "write_seconds", "finished_at", "done")
 WRITE_CONFIG = {"write_empty_chunks": True}  # every chunk of a done shard exists on disk
-# zstd as before, then a crc32c of the compressed bytes: any changed byte fails the read
+# zstd, then a crc32c of the compressed bytes: any changed byte fails the read
 # (cost on a CIFAR-sized shard: docs/performance.md, "Checksums")
 COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())
 LEFTOVER_AGE_S = 600.0  # a `*.partial` younger than this may be a live writer's: kept

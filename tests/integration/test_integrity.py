@@ -1,7 +1,7 @@
 """Data integrity (docs/reliability.md): every kind of damage is detected and mended so that
 exactly the lost work is redone, unsafe resumes are refused, and bad input or a failing disk
-ends the run with one line. Each `test_finding_N_*` reproduces finding N of issue 12; on the
-code before it, each fails."""
+ends the run with one line. The faults and what each ends in are tabled in
+docs/reliability.md, "Faults and bad inputs, with results"."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def test_damaged_root_metadata_is_one_line(copy, capsys):
 
 
 # ---------------------------------------------------------------------------- findings
-def test_finding_1_bit_flip_is_detected(reference, copy, capsys):
+def test_bit_flip_fails_its_checksum_and_the_shard_is_redone(reference, copy, capsys):
     """One flipped byte in ce/x or ce/l2 fails its crc32c; generate redoes that shard."""
     _flip(copy / "ce/l2/c/2/0")
     code, out, _ = cli(capsys, status.main, "--store", copy, "--verify")
@@ -181,7 +181,7 @@ def test_finding_1_bit_flip_is_detected(reference, copy, capsys):
     assert_equal(arrays(reference, GEN_ARRAYS), arrays(copy, GEN_ARRAYS))
 
 
-def test_finding_2_damaged_eval_arrays_are_redone(reference, copy, capsys):
+def test_damaged_eval_chunks_are_reevaluated(reference, copy, capsys):
     """A deleted or truncated eval chunk resets that classifier's flag of that shard only;
     evaluate redoes it and reports the undamaged metrics."""
     (copy / "eval/standard/ce_prob/c/1/0/0").unlink()
@@ -212,7 +212,7 @@ def test_evaluate_on_a_damaged_generation_chunk_says_what_to_do(reference, copy,
                  arrays(copy, GEN_ARRAYS + EVAL_ARRAYS))
 
 
-def test_finding_3_changed_dataset_is_refused(tmp_path, capsys):
+def test_resume_with_a_changed_dataset_is_refused(tmp_path, capsys):
     """The identity records the sources' content: a rewritten .npz is refused on resume."""
     from cejobs.data import load_dataset
 
@@ -231,7 +231,7 @@ def test_finding_3_changed_dataset_is_refused(tmp_path, capsys):
     assert_equal(before, arrays(store, GEN_ARRAYS))
 
 
-def test_finding_4_dead_ray_address_fails_before_the_store(reference, tmp_path, capsys):
+def test_dead_ray_address_fails_before_the_store(reference, tmp_path, capsys):
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
@@ -248,7 +248,7 @@ def test_finding_4_dead_ray_address_fails_before_the_store(reference, tmp_path, 
     assert not (tmp_path / "e").exists()
 
 
-def test_finding_5_read_only_store_is_refused_up_front(reference, tmp_path, capsys):
+def test_read_only_store_is_refused_up_front(reference, tmp_path, capsys):
     with tmpfs(tmp_path / "ro", "16m") as mnt:
         store = mnt / "s.zarr"
         shutil.copytree(reference, store)
@@ -259,7 +259,7 @@ def test_finding_5_read_only_store_is_refused_up_front(reference, tmp_path, caps
         assert "shards to run" not in err  # refused before any work
 
 
-def test_finding_6_second_driver_refused(reference, tmp_path, capsys):
+def test_second_driver_is_refused(reference, tmp_path, capsys):
     """A driver holds the store's generate lease: a second one refuses with one line naming
     it; the first finishes the store, equal to the reference."""
     store = tmp_path / "s.zarr"
@@ -286,7 +286,7 @@ def test_finding_6_second_driver_refused(reference, tmp_path, capsys):
     assert not (store / "leases").exists()
 
 
-def test_finding_6_killed_driver_lease_is_taken_over(reference, tmp_path, capsys):
+def test_killed_driver_lease_is_taken_over(reference, tmp_path, capsys):
     """A lease whose holder on this host is gone (SIGKILL) does not block a resume."""
     store = tmp_path / "s.zarr"
     shutil.copytree(reference, store)
@@ -300,7 +300,7 @@ def test_finding_6_killed_driver_lease_is_taken_over(reference, tmp_path, capsys
     assert_equal(arrays(reference, GEN_ARRAYS), arrays(store, GEN_ARRAYS))
 
 
-def test_finding_6_young_partial_of_another_writer_is_kept(copy):
+def test_young_partial_of_another_writer_is_kept(copy):
     """A shard's write removes only leftovers older than LEFTOVER_AGE_S: a younger one may be
     another writer's file in flight."""
     store = CEStore.open(copy)
@@ -319,7 +319,7 @@ def test_finding_6_young_partial_of_another_writer_is_kept(copy):
 
 @pytest.mark.parametrize("case", ["garbage array metadata", "truncated flag", "junk partial",
                                   "dangling symlink", "steps overflow", "cuda without CUDA"])
-def test_finding_7_one_line_not_a_traceback(reference, copy, tmp_path, capsys, case):
+def test_bad_input_is_one_line_not_a_traceback(reference, copy, tmp_path, capsys, case):
     if case == "garbage array metadata":
         (copy / "ce/l0/zarr.json").write_text("garbage{")
         code, out, err = cli(capsys, status.main, "--store", copy)
@@ -356,7 +356,7 @@ def test_finding_7_one_line_not_a_traceback(reference, copy, tmp_path, capsys, c
         assert_equal(arrays(reference, GEN_ARRAYS), arrays(copy, GEN_ARRAYS))
 
 
-def test_finding_7_bad_training_input_is_one_line(tmp_path):
+def test_bad_training_input_is_one_line(tmp_path):
     from tests.conftest import run_module
 
     empty = tmp_path / "empty.npz"
@@ -368,7 +368,7 @@ def test_finding_7_bad_training_input_is_one_line(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_finding_8_eval_leftover_causes_no_redo(copy, capsys):
+def test_eval_leftover_causes_no_redo(copy, capsys):
     leftover = copy / "eval/standard/ce_prob/c/1/0/0.0123456789abcdef0123456789abcdef.partial"
     leftover.write_bytes(b"x")
     for _ in range(2):
@@ -380,7 +380,7 @@ def test_finding_8_eval_leftover_causes_no_redo(copy, capsys):
     assert code == 0 and "removed leftover" in err and not leftover.exists()
 
 
-def test_finding_9_full_disk_stops_at_the_first_failure(tmp_path, capsys):
+def test_full_disk_stops_at_the_first_failure(tmp_path, capsys):
     """A disk that fills mid-run stops the run with one line; finished shards stay done and
     read back intact; the resume (with space) equals an uninterrupted run."""
     many = [*G, "--sources", "200", "--steps", "2"]
