@@ -1,6 +1,6 @@
 """The execution layer's single homes: job kinds, the repair policy, typed settings (ranges,
-choices, TOML for every command), the SLURM backend's requeue limits, the shard watchdog and
-Ray's fence. The claim board's retry rule is in tests/unit/backends/test_claims.py."""
+choices, TOML for every command), the shard watchdog and Ray's fence. The claim board's retry
+rule is in tests/unit/backends/test_claims.py."""
 
 from __future__ import annotations
 
@@ -107,19 +107,6 @@ def test_every_command_reads_toml(tmp_path):
         ["a.zarr", "b.zarr"], ["x=x.pt"], False, "ray")
     with pytest.raises(ConfigError, match="give at least one --store"):
         parse_evaluate_args([])
-
-
-def test_slurm_backend_takes_its_requeue_limits_from_the_config(tmp_path):
-    """The limits reach submitit's executor, and the job submitit pickles (and requeues on
-    SIGUSR2) carries the typed config."""
-    from cejobs.backends.slurm import ClaimLoopJob, SlurmBackend
-
-    config = GenerateConfig(slurm_max_timeouts=7, max_retries=2)
-    backend = SlurmBackend.from_config(config)
-    assert (backend.max_timeouts, backend.max_retries) == (7, 2)
-    assert backend._executor(tmp_path, "x")._executor.max_num_timeout == 7
-    job = ClaimLoopJob(ShardTask(KINDS["generate"], str(tmp_path), config), "run-1", 60.0)
-    assert pickle.loads(pickle.dumps(job)).task.config == config
 
 
 # ---------------------------------------------------------------------------- the watchdog
