@@ -23,7 +23,7 @@
 #   scripts/gpu_bench.sh ablations1  the fast path without CUDA graphs, without channels-last,
 #                                    without SDPA (a fresh compile each, at most 150 s)
 #   scripts/gpu_bench.sh ablations2  the fast path with the Triton GroupNorm+SiLU kernel, the
-#                                    old --compile (network only) path, the fast path eager
+#                                    --compile (network only) path, the fast path eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/gpu}"

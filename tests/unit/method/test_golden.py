@@ -48,8 +48,8 @@ F32_TOL = 1e-4
 # float64 model-space output at PICK, and the mean |value|. boltzmann's values are huge on
 # purpose: at 10 steps its t = 1 slope (38x the exact one, docs/math.md) makes the
 # Euler-Maruyama step unstable. The blow-up is linear, not chaotic (its float32 error is the
-# same share of its scale as the stable methods'), so it is pinned the same way; the old
-# check on its signed mean (-53.77 out of values near +-5e3) asked for 9 digits of cancellation.
+# same share of its scale as the stable methods'), so it is pinned the same way, not by its
+# signed mean (-53.77 out of values near +-5e3), which would ask for 9 digits of cancellation.
 SAMPLER_GOLDEN = {
     "gaussian": ([0.74060122248955074, 0.14116395535117526, 0.71870279054682829,
                   0.68463673436493733, -1.0003096004534759], 0.5817136801990563),
