@@ -1,4 +1,4 @@
-"""The fast path (cejobs/fastpath.py) makes the sampler's CEs with the same per-CE noise."""
+"""The fast path (cejobs/method/fastpath.py) makes the sampler's CEs with the same per-CE noise."""
 
 import argparse
 import copy
