@@ -1,8 +1,8 @@
 """`python -m cejobs.bench steps`: what fewer Euler-Maruyama steps cost in CE quality (digits).
 
 For each method and step count N (default 1000, 500, 250, 100) the same CEs are made from the
-same Brownian path: the 1000-step run draws its per-CE Philox noise (cejobs.method.noise, as generate
-does), and an N-step run uses the sums of each block of k = 1000/N consecutive increments,
+same Brownian path: the 1000-step run draws its per-CE Philox noise (cejobs.method.noise, as
+generate does), and an N-step run uses the sums of each block of k = 1000/N consecutive increments,
 scaled by 1/sqrt(k). Those are again i.i.d. N(0, I) per step, so an N-step CE has exactly the
 distribution `generate --steps N` samples, and its distance to the 1000-step CE of the same noise
 is the discretisation error alone (score_sde's Euler-Maruyama step, dt = -1/N; docs/math.md).
@@ -39,7 +39,8 @@ def coarse_noise(fine: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def _quantiles(v: torch.Tensor) -> list[float]:
-    return [float(q) for q in torch.quantile(v.double(), torch.tensor(QUANTILES, dtype=torch.float64))]
+    levels = torch.tensor(QUANTILES, dtype=torch.float64)
+    return [float(q) for q in torch.quantile(v.double(), levels)]
 
 
 def bench_steps(args) -> dict:

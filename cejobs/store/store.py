@@ -107,6 +107,7 @@ def describe_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> li
 
 
 def create_arrays(group: zarr.Group, arrays: dict[str, ArraySpec], layout: Layout) -> None:
+    """Create every array of `arrays` in `group`, shaped and chunked for `layout`."""
     sizes = layout.sizes()
     for name, spec in arrays.items():
         group.create_array(
