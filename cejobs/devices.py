@@ -1,6 +1,10 @@
-"""The torch device of a worker or trainer, from a `--device` value (auto | cpu | cuda[:N])."""
+"""The torch device of a worker or trainer, from a `--device` value (auto | cpu | cuda[:N]),
+and where this process keeps torch.compile's kernels (`--compile-cache`)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
@@ -19,3 +23,22 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA device is available (use --device cpu)")
     return device
+
+
+def default_inductor_cache() -> Path:
+    """Where compiled kernels are kept between runs: $TORCHINDUCTOR_CACHE_DIR if set, else
+    $XDG_CACHE_HOME/cejobs/inductor (~/.cache/cejobs/inductor)."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cejobs" / "inductor"
+
+
+def use_inductor_cache(path: str | os.PathLike | None = None) -> Path:
+    """Point this process's inductor caches (FX graphs, kernels, autotuning) at `path`
+    (default: `default_inductor_cache()`), through $TORCHINDUCTOR_CACHE_DIR; the second compile
+    of the same step then loads instead of compiling. Call before the first compile."""
+    path = Path(path) if path is not None else default_inductor_cache()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path

@@ -11,7 +11,7 @@
 #                   would measure the random net, not the fast path (docs/performance.md). The
 #                   fast path is padded to the batch of 1000, so its compiled graph is the one
 #                   fast-bf16 left in the inductor cache;
-#   generate-paper  the generation worker (GenerateWorker.compute_shard) over 5 shards of 1000
+#   generate-paper  the generation worker's CE maker (jobs/ce_maker.py) over 5 shards of 1000
 #                   CEs, random untrained paper checkpoint, 100 steps, with start-up, compile,
 #                   source loading, sampling, distances and writes reported apart. The GPU image
 #                   has no zarr, so np.savez stands in for the store write (bench store measures

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cejobs.jobs.methods import METHODS
+from cejobs.method.params import (DEFAULT_PRECISION, NET_PRECISIONS, RobustParams,
+                                  SamplerParams)
 from cejobs.store.storage import ObjectPath, is_url, location
-from cejobs.settings import ConfigError, identity_of, parse, setting, typed
+from cejobs.settings import ConfigError, identity_of, parse, setting
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = tuple(NET_PRECISIONS)
 CE_DTYPES = ("float32", "float16")
 BUILTIN_DATASETS = ("digits", "cifar10", "svhn")
 SPLITS = ("train", "test")
@@ -79,11 +81,13 @@ class GenerateConfig(Resources):
     )
     indices: str | None = _f(None, "source index range A:B of the split (overrides --sources)",
                              identity=True)
-    method: str = _f("boltzmann", "neighbourhood score, or robust-classifier CEs",
+    method: str = _f(SamplerParams.method, "neighbourhood score, or robust-classifier CEs",
                      identity=True, choices=tuple(METHODS))
-    w: float = _f(15.0, "classifier-free guidance weight (paper eq. 3)", identity=True, ge=0)
-    sigma_ce: float = _f(0.2, "neighbourhood scale, in model space [-1, 1]", identity=True, gt=0)
-    steps: int = _f(1000, "Euler-Maruyama steps", identity=True, ge=1, le=100_000)
+    w: float = _f(SamplerParams.w, "classifier-free guidance weight (paper eq. 3)",
+                  identity=True, ge=0)
+    sigma_ce: float = _f(SamplerParams.sigma_ce, "neighbourhood scale, in model space [-1, 1]",
+                         identity=True, gt=0)
+    steps: int = _f(SamplerParams.steps, "Euler-Maruyama steps", identity=True, ge=1, le=100_000)
     per_class: int = _f(2, "CEs per target class per source", identity=True, ge=1,
                         le=10_000)
     shard_size: int = _f(2, "sources per shard (= zarr chunk along N)", identity=True, ge=1)
@@ -93,13 +97,14 @@ class GenerateConfig(Resources):
     classifier: str | None = _f(
         None, "classifier checkpoint for --method robust; unset: data/digits/classifier-l2-eps1.0.pt"
     )
-    precision: str = _f("fp32", "network precision (SDE state and scores stay fp32)",
+    precision: str = _f(DEFAULT_PRECISION, "network precision (SDE state and scores stay fp32)",
                         identity=True, choices=PRECISIONS)
     ce_dtype: str = _f("float32", "dtype of ce/x in the store", identity=True, choices=CE_DTYPES)
-    robust_step_size: float = _f(0.05, "robust: L2 length of each gradient step",
+    robust_step_size: float = _f(RobustParams.step_size, "robust: L2 length of each gradient step",
                                  identity=True, gt=0)
-    robust_max_steps: int = _f(200, "robust: step cap", identity=True, ge=1, le=1_000_000)
-    robust_threshold: float = _f(0.9, "robust: stop once p_target reaches this",
+    robust_max_steps: int = _f(RobustParams.max_steps, "robust: step cap", identity=True, ge=1,
+                               le=1_000_000)
+    robust_threshold: float = _f(RobustParams.threshold, "robust: stop once p_target reaches this",
                                  identity=True, gt=0, lt=1)
     # --- inputs (may move between a run and its resume)
     store: str | None = _f(None, "zarr store: a path, or s3://bucket/prefix/run.zarr (any "
@@ -205,11 +210,6 @@ def parse_index_range(text: str) -> range:
     if not m or int(m[1]) >= int(m[2]):
         raise ConfigError(f"--indices must look like A:B with A < B (got {text!r})")
     return range(int(m[1]), int(m[2]))
-
-
-def config_from(values: dict[str, Any]) -> GenerateConfig:
-    """A validated GenerateConfig from field values (the Python API's path)."""
-    return typed(GenerateConfig, values)
 
 
 def parse_generate_args(argv: Sequence[str] | None = None,

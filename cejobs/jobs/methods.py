@@ -1,9 +1,11 @@
-"""What each `--method` needs and makes: its checkpoint, its store arrays, one batch of CEs.
+"""What each `--method` needs and makes: its checkpoint, its store arrays, and the engine that
+makes a batch of its CEs.
 
 The diffusion methods (gaussian, boltzmann, boltzmann-exact) sample the augmented score
 s_w + s_N (paper eq. 3-5; `sampler.sample_ce`). `robust` is the paper's robust-classifier
-baseline (sec. 4; `robust.robust_ce`). Everything that differs between them lives here, so the
-generation worker and driver never branch on a method's name.
+baseline (sec. 4; `robust.robust_ce`). Everything that differs between them lives here and in
+`engines.py`, so the CE maker, the generation worker and the driver never branch on a method's
+name. `CEParams` holds every parameter of how a run's CEs are made, read once from its config.
 
 Torch is imported inside the functions: the table is read by light processes too.
 """
@@ -12,20 +14,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
+from cejobs.method.params import RobustParams, SamplerParams, net_dtype_of
 from cejobs.store.layout import ArraySpec
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-def _as_is(net, config, device) -> tuple[Any, str]:
-    return net, "eager"
+    from cejobs.jobs.config import GenerateConfig
+    from cejobs.jobs.engines import Engine
+
+
+@dataclass(frozen=True)
+class CEParams:
+    """How the CEs of a run are made: its method's parameters and the engine's options."""
+
+    method: str  # --method: a key of METHODS
+    seed: int  # the run's seed: a CE's noise depends on it and the CE's identity only
+    batch_size: int  # CEs per sampler (or classifier) batch
+    sampler: SamplerParams | None = None  # the diffusion methods' parameters
+    robust: RobustParams | None = None  # robust's parameters
+    fast: bool = False  # the fast sampling path (method/fastpath.py)
+    compile: bool = False  # torch.compile the network, or with `fast` the whole step
+    compile_cache: str | None = None  # inductor's kernel folder (devices.use_inductor_cache)
+
+    @classmethod
+    def from_config(cls, config: GenerateConfig) -> CEParams:
+        """The parameters of a run; only its own method's (sampler or robust) are set."""
+        diffusion = METHODS[config.method].checkpoint == "diffusion"
+        sampler = SamplerParams(method=config.method, w=config.w, sigma_ce=config.sigma_ce,
+                                steps=config.steps, net_dtype=net_dtype_of(config.precision))
+        robust = RobustParams(step_size=config.robust_step_size,
+                              max_steps=config.robust_max_steps,
+                              threshold=config.robust_threshold)
+        return cls(method=config.method, seed=config.seed, batch_size=config.batch_size,
+                   sampler=sampler if diffusion else None, robust=None if diffusion else robust,
+                   fast=config.fast, compile=config.compile, compile_cache=config.compile_cache)
+
+
+Loader = Callable[["nn.Module", dict, CEParams, "torch.device"], "Engine"]
 
 
 @dataclass(frozen=True)
 class Method:
     checkpoint: str  # kind of checkpoint it loads: "diffusion" | "classifier"
-    make: Callable[..., tuple[Any, dict[str, Any]]]  # one shard's CEs, and its extra arrays
-    load: Callable[..., tuple[Any, str]] = _as_is  # (net, config, device) -> what `make` runs
+    load: Loader  # (net, checkpoint meta, params, device) -> the engine that makes its CEs
     arrays: dict[str, ArraySpec] = field(default_factory=dict)  # store arrays beyond the common
     identity: tuple[str, ...] = ()  # config fields, beyond the common ones, that decide its CEs
 
@@ -46,82 +81,38 @@ class Method:
         return config.resolved_classifier()
 
 
-def _diffusion_load(net, config, device) -> tuple[Any, str]:
-    """The network, compiled with --compile; or with --fast the fast sampling path
-    (fastpath.py: the same CEs from the same noise)."""
-    from cejobs.method.fastpath import FastOptions, FastSampler, use_inductor_cache
+def _load_diffusion(net, meta: dict, params: CEParams, device) -> Engine:
+    """The sampler on the network, compiled with --compile; or with --fast the fast sampling
+    path (fastpath.py: the same CEs from the same noise)."""
+    from cejobs.devices import use_inductor_cache
+    from cejobs.jobs.engines import FastEngine, SamplerEngine
+    from cejobs.method.fastpath import FastOptions, FastSampler
     from cejobs.models.compiled import maybe_compile
 
-    if config.compile or config.fast:
-        use_inductor_cache(config.compile_cache)
-    if not config.fast:
-        return maybe_compile(net, config.compile)
-    return FastSampler(net, device, seed=config.seed, method=config.method, w=config.w,
-                       sigma_ce=config.sigma_ce, steps=config.steps,
-                       net_dtype=_net_dtype(config.precision),
-                       options=FastOptions(compile=config.compile)), "fast"
-
-
-def _diffusion_ces(engine, meta: dict, config, mu, src, target, replicate, device):
-    """Euler-Maruyama on the augmented score (paper eq. 3-5), noise keyed per CE."""
-    import torch
-
-    from cejobs.method.fastpath import FastSampler
-    from cejobs.method.noise import CENoise
-    from cejobs.method.sampler import sample_ce, to_image_space, to_model_space
-
     centered = bool(meta.get("centered", True))
-    out = []
-    for b in _batches(len(mu), config.batch_size):
-        mu_b = to_model_space(mu[b], centered).to(device)
-        if isinstance(engine, FastSampler):  # the same CEs, same noise (fastpath.py)
-            m = engine.sample(mu_b, target[b], src[b], replicate[b])
-        else:
-            noise = CENoise(config.seed, src[b], target[b], replicate[b])
-            m = sample_ce(engine, noise.latents(mu_b), mu_b, target[b].to(device),
-                          method=config.method, w=config.w, sigma_ce=config.sigma_ce,
-                          steps=config.steps, randn_like=noise,
-                          net_dtype=_net_dtype(config.precision))
-        out.append(to_image_space(m, centered).cpu())
-    return torch.cat(out), {}
+    if params.compile or params.fast:
+        use_inductor_cache(params.compile_cache)
+    if params.fast:
+        fast = FastSampler(net, device, params.sampler, seed=params.seed,
+                           options=FastOptions(compile=params.compile))
+        return FastEngine(fast, centered)
+    net, mode = maybe_compile(net, params.compile)
+    return SamplerEngine(net, params.sampler, params.seed, device, centered, mode)
 
 
-def _robust_ces(net, meta: dict, config, mu, src, target, replicate, device):
-    """Normalised L2 gradient ascent on log p_target (paper sec. 4); no noise."""
-    import torch
+def _load_robust(net, meta: dict, params: CEParams, device) -> Engine:
+    from cejobs.jobs.engines import RobustEngine
 
-    from cejobs.method.robust import robust_ce
-
-    xs, steps, reached = [], [], []
-    for b in _batches(len(mu), config.batch_size):
-        r = robust_ce(net, mu[b].to(device), target[b].to(device),
-                      step_size=config.robust_step_size, max_steps=config.robust_max_steps,
-                      threshold=config.robust_threshold)
-        xs.append(r.x.cpu())
-        steps.append(r.steps.cpu())
-        reached.append(r.reached.cpu())
-    extras = {"ce/robust_steps": torch.cat(steps), "ce/robust_reached": torch.cat(reached)}
-    return torch.cat(xs), extras
+    return RobustEngine(net, params.robust, device)
 
 
-def _net_dtype(precision: str):
-    """--precision: the network's dtype (the SDE state and the scores stay fp32)."""
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-
-
-def _batches(total: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, total)) for i in range(0, total, size)]
-
-
-_DIFFUSION = Method("diffusion", _diffusion_ces, _diffusion_load)
+_DIFFUSION = Method("diffusion", _load_diffusion)
 METHODS: dict[str, Method] = {
     "gaussian": _DIFFUSION,
     "boltzmann": _DIFFUSION,
     "boltzmann-exact": _DIFFUSION,
     "robust": Method(
-        "classifier", _robust_ces,
+        "classifier", _load_robust,
         arrays={"ce/robust_steps": ArraySpec(("source", "ce"), "int32", -1),
                 "ce/robust_reached": ArraySpec(("source", "ce"), "bool", False)},
         identity=("robust_step_size", "robust_max_steps", "robust_threshold"),

@@ -1,5 +1,7 @@
-"""The method: the SDE, the neighbourhood scores, the noise, the samplers and the distances.
+"""The method: its parameters, the SDE, the neighbourhood scores, the noise, the samplers and
+the distances.
 
-Pure functions of tensors, with no knowledge of stores, shards or backends (docs/math.md).
-`methods.py` says, per `--method`, which checkpoint it needs and how it makes a batch of CEs.
+Pure functions of tensors, with no knowledge of stores, shards or backends (docs/math.md); it
+sets no environment variables. `params.py` holds every parameter's default;
+`cejobs.jobs.methods` says, per `--method`, which checkpoint it needs and how its CEs are made.
 """

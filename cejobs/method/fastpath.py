@@ -24,18 +24,16 @@ scores stay fp32; only the network runs in `net_dtype`.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from cejobs.method.neighborhood import NEIGHBORHOOD_SCORES
 from cejobs.method.noise import ce_normals
+from cejobs.method.params import SamplerParams
 from cejobs.method.sampler import em_step, guided_eps
 from cejobs.method.sde import VPSDE, time_grid
 from cejobs.models.unet import AttnBlock
@@ -50,24 +48,6 @@ class FastOptions:
     sdpa: bool = True  # attention through F.scaled_dot_product_attention
     pad_batches: bool = True  # pad short batches to the first batch's size: one compiled shape
     triton_norm: bool = False  # CUDA: one-pass GroupNorm+SiLU Triton kernel (models/fused.py)
-
-
-def default_inductor_cache() -> Path:
-    """Where compiled kernels are kept between runs: $TORCHINDUCTOR_CACHE_DIR if set, else
-    $XDG_CACHE_HOME/cejobs/inductor (~/.cache/cejobs/inductor)."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cejobs" / "inductor"
-
-
-def use_inductor_cache(path: str | os.PathLike | None = None) -> Path:
-    """Point inductor's on-disk caches (FX graphs, kernels, autotuning) at `path`; the second
-    compile of the same step then loads instead of compiling. Call before the first compile."""
-    path = Path(path) if path is not None else default_inductor_cache()
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
-    return path
 
 
 def prepare_net(net: nn.Module, options: FastOptions) -> nn.Module:
@@ -113,44 +93,44 @@ def guided_step(
 
 
 class FastSampler:
-    """`sample(mu, target, source_index, replicate)` = `sampler.sample_ce` with CENoise(seed),
-    fast. Made once per worker; the step is compiled on the first batch and reused."""
+    """`sample(mu, target, source_index, replicate)` = `sampler.sample_ce(..., params)` with
+    CENoise(seed), fast. Made once per worker; the step is compiled on the first batch and
+    reused."""
 
     def __init__(
         self,
         net: nn.Module,
         device: torch.device | str,
+        params: SamplerParams | None = None,
         *,
         seed: int,  # the run's seed (Philox key)
-        method: str = "boltzmann",
-        w: float = 15.0,
-        sigma_ce: float = 0.2,
-        steps: int = 1000,
-        eps: float = 1e-3,
         sde: VPSDE = VPSDE(),
         null_label: int | None = None,
-        net_dtype: torch.dtype = torch.float32,
         options: FastOptions = FastOptions(),
         log: Callable[[str], None] | None = None,  # where the once-only messages go (stderr)
+        **changes,  # SamplerParams fields replacing those of `params`, as in sample_ce
     ):
+        params = replace(params or SamplerParams(), **changes)
+        self.params = params
         self.device = torch.device(device)
         self.options = options
         self.net = prepare_net(net.to(self.device).eval(), options)
-        self.steps, self.seed = steps, seed
+        self.steps, self.seed = params.steps, seed
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self._said: set[str] = set()
         if options.triton_norm:
             self._use_triton_norm()
-        grid = time_grid(steps, eps)  # float64 on the host; rounded once to the state dtype
+        steps = params.steps
+        grid = time_grid(steps, params.eps)  # float64 on the host; rounded once to fp32
         dt = torch.full_like(grid, -1.0 / steps)  # score_sde's step, not the grid spacing
         self.rows = torch.stack([grid, sde.alpha(grid), sde.sigma(grid), sde.beta(grid), dt],
                                 1).to(device=self.device, dtype=torch.float32)
         self.words = torch.arange(1, steps + 1, device=self.device).view(steps, 1)
         self.fixed = dict(
-            seed=seed, w=w, sigma_ce=sigma_ce,
+            seed=seed, w=params.w, sigma_ce=params.sigma_ce,
             null_label=net.num_classes if null_label is None else null_label,
-            net_dtype=net_dtype, channels_last=options.channels_last)
-        self.score_fn = NEIGHBORHOOD_SCORES[method]
+            net_dtype=params.net_dtype, channels_last=options.channels_last)
+        self.score_fn = params.score_fn
         self.batch: int | None = None
         self.compile_seconds: float | None = None
         self.mode = "eager"
@@ -220,8 +200,8 @@ class FastSampler:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 self.compile_seconds = time.perf_counter() - t0
-                self.say_once(f"fast path: {self.mode} step ready in {self.compile_seconds:.1f} s "
-                              f"(inductor cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'default')})")
+                self.say_once(f"fast path: {self.mode} step ready in "
+                              f"{self.compile_seconds:.1f} s")
             self._warm += 1
             return out
         except Exception as e:  # noqa: BLE001 - any compiler/backend failure falls back

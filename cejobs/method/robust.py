@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cejobs.method.params import RobustParams
 from cejobs.models.unet import at_least_fp32
 
 
@@ -26,11 +27,12 @@ def robust_ce(
     x: Tensor,
     target: Tensor,
     *,
-    step_size: float = 0.05,  # L2 length of every gradient step
-    max_steps: int = 200,  # cap on steps per example
-    threshold: float = 0.9,  # stop once p_target reaches this
+    step_size: float = RobustParams.step_size,  # L2 length of every gradient step
+    max_steps: int = RobustParams.max_steps,  # cap on steps per example
+    threshold: float = RobustParams.threshold,  # stop once p_target reaches this
 ) -> RobustCEs:
-    """CEs for images `x` in [0, 1] towards classes `target` with a (robust) classifier."""
+    """CEs for images `x` in [0, 1] towards classes `target` with a (robust) classifier
+    (the keyword defaults are RobustParams')."""
     x_ce = at_least_fp32(x.detach().clone())
     steps = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
     rows = torch.arange(x.shape[0], device=x.device)

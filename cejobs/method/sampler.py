@@ -11,12 +11,13 @@ where s_N is the diffused neighbourhood score centred on the source (eqs. 4, 5).
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from cejobs.method.neighborhood import NEIGHBORHOOD_SCORES
+from cejobs.method.params import SamplerParams
 from cejobs.method.sde import VPSDE, time_grid
 
 RandnLike = Callable[[int, Tensor], Tensor]  # (step index, x) -> standard normal like x
@@ -72,17 +73,13 @@ def sample_ce(
     latents: Tensor,
     mu: Tensor,
     target: Tensor,
+    params: SamplerParams | None = None,
     *,
-    method: str = "boltzmann",
-    w: float = 15.0,
-    sigma_ce: float = 0.2,
-    steps: int = 1000,
-    eps: float = 1e-3,
     sde: VPSDE = VPSDE(),
     null_label: int | None = None,
     randn_like: RandnLike | None = None,
     callback: Callback | None = None,
-    net_dtype: torch.dtype = torch.float32,
+    **changes,
 ) -> Tensor:
     """Counterfactual examples in model space (the last x_mean), shape of `latents`.
 
@@ -90,12 +87,14 @@ def sample_ce(
     latents:  starting points x_1 ~ N(0, I), float32 (B, C, H, W).
     mu:       the sources in model space, broadcastable to latents.
     target:   (B,) class each CE is guided to.
-    method:   a key of NEIGHBORHOOD_SCORES ("gaussian", "boltzmann", "boltzmann-exact").
+    params:   the method's parameters (default SamplerParams()); `changes` replace some of
+              them by field name: sample_ce(..., params, steps=20, method="gaussian").
     randn_like(i, x): the noise of step i (default: torch.randn_like).
     The SDE state and both scores stay in float32 (float64 when `latents` are float64, for
-    references); only the network runs in `net_dtype`.
+    references); only the network runs in `params.net_dtype`.
     """
-    neighborhood_score = NEIGHBORHOOD_SCORES[method]
+    params = replace(params or SamplerParams(), **changes)
+    neighborhood_score, sigma_ce, steps = params.score_fn, params.sigma_ce, params.steps
     if null_label is None:
         null_label = net.num_classes
     if randn_like is None:
@@ -103,7 +102,7 @@ def sample_ce(
     x = latents if latents.dtype == torch.float64 else latents.float()
     mu = mu.to(x.dtype)
     dt = -1.0 / steps  # score_sde's step, not the grid spacing
-    grid = time_grid(steps, eps)  # float64 on the host: per-step scalars stay exact
+    grid = time_grid(steps, params.eps)  # float64 on the host: per-step scalars stay exact
     alphas = sde.alpha(grid).to(device=x.device, dtype=x.dtype)
     sigmas = sde.sigma(grid).to(device=x.device, dtype=x.dtype)
     betas = sde.beta(grid).tolist()
@@ -111,7 +110,7 @@ def sample_ce(
         alpha_x, sigma_x, beta = alphas[i], sigmas[i], betas[i]
         t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
 
-        eps_w = guided_eps(net, x, t_batch, target, w, null_label, net_dtype)
+        eps_w = guided_eps(net, x, t_batch, target, params.w, null_label, params.net_dtype)
         score = -eps_w / sigma_x + neighborhood_score(x, mu, alpha_x, sigma_x, sigma_ce)
 
         x, x_mean = em_step(x, score, beta, dt, randn_like(i, x))

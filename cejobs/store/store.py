@@ -106,7 +106,8 @@ def describe_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> li
             for k in keys if recorded.get(k) != wanted.get(k)]
 
 
-def _create_arrays(group: zarr.Group, arrays: dict[str, ArraySpec], layout: Layout) -> None:
+def create_arrays(group: zarr.Group, arrays: dict[str, ArraySpec], layout: Layout) -> None:
+    """Create every array of `arrays` in `group`, shaped and chunked for `layout`."""
     sizes = layout.sizes()
     for name, spec in arrays.items():
         group.create_array(
@@ -120,7 +121,7 @@ def group_objects(arrays: dict[str, ArraySpec], layout: Layout,
                   attrs: dict[str, Any]) -> dict[str, bytes]:
     """A new group's metadata objects, made in memory: every node's zarr.json, the root's with
     the attributes and their copy of the others (object storage's create_group_atomically)."""
-    files = group_files(lambda group: _create_arrays(group, arrays, layout))
+    files = group_files(lambda group: create_arrays(group, arrays, layout))
     meta = {key.rpartition("/")[0]: json.loads(data) for key, data in files.items()
             if key.endswith("/zarr.json")}  # arrays and subgroups
     root = dict(version=__version__, created=time.time(), arrays=sorted(arrays), metadata=meta,
@@ -148,7 +149,7 @@ def create_group_atomically(path: Path | ObjectPath, arrays: dict[str, ArraySpec
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
     try:
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
-        _create_arrays(group, arrays, layout)
+        create_arrays(group, arrays, layout)
         meta = {p.parent.relative_to(tmp).as_posix(): json.loads(p.read_text())
                 for p in tmp.rglob("zarr.json") if p.parent != tmp}  # arrays and subgroups
         group.attrs[ATTRS_KEY] = dict(version=__version__, created=time.time(),

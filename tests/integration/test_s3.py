@@ -250,7 +250,7 @@ def test_bench_store_and_scale_on_s3(s3_env, tmp_path):
     back equal (it raises otherwise); `bench scale` plans a resume of a small done store."""
     from types import SimpleNamespace
 
-    from cejobs import bench_s3
+    from cejobs.bench import s3 as bench_s3
 
     args = SimpleNamespace(moto=False, s3=s3_env.url("bench"), obstore=True, dir=str(tmp_path),
                            shard_seconds=90.0, shards=12)

@@ -7,17 +7,18 @@ import dataclasses
 import pytest
 import torch
 
-from cejobs.bench_fast import check_sampler
+from cejobs.bench.sampler import check_sampler
 from cejobs.jobs.config import GenerateConfig
 from cejobs.data import load_dataset
 from cejobs.method.fastpath import FastOptions, FastSampler, prepare_net
-from cejobs.jobs.generate_worker import GenerateWorker
+from cejobs.jobs.ce_maker import CEMaker
+from cejobs.jobs.methods import CEParams
+from cejobs.jobs.plan import make_plan
+from cejobs.models.checkpoint import load_checkpoint
 from cejobs.models import UNET_PRESETS, UNet
 from cejobs.models.unet import AttnBlock
 from cejobs.method.noise import CENoise
 from cejobs.method.sampler import sample_ce, to_model_space
-from cejobs.jobs.kinds import KINDS
-from cejobs.jobs.tasks import ShardTask
 
 EAGER = FastOptions(compile=False)
 
@@ -124,14 +125,18 @@ def test_prepare_net_sets_channels_last_and_sdpa():
 def test_worker_fast_path_makes_the_same_shard(tiny_models):
     config = GenerateConfig(sources=2, shard_size=2, steps=20, per_class=1, backend="local",
                             model=str(tiny_models["diffusion"]), batch_size=8, threads=1)
+    ckpt = load_checkpoint(config.resolved_model(), expect_kind="diffusion")
+    dataset = load_dataset("digits", None, "train")
+    plan = make_plan(config, len(dataset), dataset.num_classes)
+    index = plan.source_index[plan.shard_rows(0)]
     outs = []
     for fast in (False, True):
-        task = ShardTask(KINDS["generate"], "unused.zarr", dataclasses.replace(config, fast=fast))
-        worker = GenerateWorker(task, store=False)
-        timings = {}
-        data, ces = worker.compute_shard(0, timings)
-        assert ces == 20 and set(timings) == {"load_seconds", "sample_seconds", "other_seconds"}
-        outs.append(data["ce/x"])
+        params = CEParams.from_config(dataclasses.replace(config, fast=fast))
+        maker = CEMaker(params, copy.deepcopy(ckpt.model), ckpt.meta, "cpu")
+        batch = maker.make(dataset.images(index), index, torch.as_tensor(plan.targets()),
+                           torch.as_tensor(plan.replicates()))
+        assert batch.x.shape[:2] == (2, 10) and batch.l2.shape == (2, 10)
+        outs.append(batch.x)
     assert abs(outs[0] - outs[1]).max() < 1e-5
 
 

@@ -82,3 +82,4 @@ def add_parser(sub) -> None:
                    choices=sorted(BACKEND_FLAGS))
     p.add_argument("--burners", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2)
+    p.set_defaults(run=bench_load)

@@ -1,8 +1,8 @@
 """`python -m cejobs.bench steps`: what fewer Euler-Maruyama steps cost in CE quality (digits).
 
 For each method and step count N (default 1000, 500, 250, 100) the same CEs are made from the
-same Brownian path: the 1000-step run draws its per-CE Philox noise (cejobs.method.noise, as generate
-does), and an N-step run uses the sums of each block of k = 1000/N consecutive increments,
+same Brownian path: the 1000-step run draws its per-CE Philox noise (cejobs.method.noise, as
+generate does), and an N-step run uses the sums of each block of k = 1000/N consecutive increments,
 scaled by 1/sqrt(k). Those are again i.i.d. N(0, I) per step, so an N-step CE has exactly the
 distribution `generate --steps N` samples, and its distance to the 1000-step CE of the same noise
 is the discretisation error alone (score_sde's Euler-Maruyama step, dt = -1/N; docs/math.md).
@@ -22,6 +22,7 @@ import time
 import torch
 
 from cejobs.method.noise import CENoise
+from cejobs.method.params import SamplerParams
 from cejobs.method.sampler import sample_ce, to_image_space, to_model_space
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -38,11 +39,12 @@ def coarse_noise(fine: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def _quantiles(v: torch.Tensor) -> list[float]:
-    return [float(q) for q in torch.quantile(v.double(), torch.tensor(QUANTILES, dtype=torch.float64))]
+    levels = torch.tensor(QUANTILES, dtype=torch.float64)
+    return [float(q) for q in torch.quantile(v.double(), levels)]
 
 
 def bench_steps(args) -> dict:
-    # numpy and the data only here: bench.py itself needs only torch
+    # numpy and the data only here: the other sampler benchmarks need only torch
     from cejobs.jobs.config import REPO_DATA
     from cejobs.data import load_dataset
     from cejobs.method.distances import l0_distance, l2_distance
@@ -144,8 +146,8 @@ def add_parser(sub) -> None:
                    help="step counts; each must divide the largest")
     p.add_argument("--methods", nargs="+", default=["boltzmann-exact", "gaussian"],
                    choices=["gaussian", "boltzmann", "boltzmann-exact"])
-    p.add_argument("--w", type=float, default=15.0)
-    p.add_argument("--sigma-ce", type=float, default=0.2)
+    p.add_argument("--w", type=float, default=SamplerParams.w)
+    p.add_argument("--sigma-ce", type=float, default=SamplerParams.sigma_ce)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=40, help="CEs per sampler batch")
     p.add_argument("--threads", type=int, default=1)
@@ -156,3 +158,4 @@ def add_parser(sub) -> None:
                    help="also make the reference CEs with independent noise (seed + 1): the "
                         "distance between two CEs that differ only by chance")
     p.add_argument("--markdown", action="store_true", help="also print the markdown table")
+    p.set_defaults(run=bench_steps)

@@ -1,10 +1,12 @@
-"""`bench generate`: the generation worker's shards end to end without a store (zarr is not
-needed, so it runs on a bare GPU image): start-up, source loading, sampling, distances and a
-stand-in write, each timed (docs/performance.md).
+"""`python -m cejobs.bench generate`: the generation worker's shard work end to end without a
+store (zarr is not needed, so it runs on a bare GPU image): start-up, source loading, CE making
+(`jobs.ce_maker.CEMaker`, what the worker runs), distances, the shard's arrays
+(`generate_worker.shard_arrays`) and a stand-in write, each timed (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import time
@@ -12,8 +14,11 @@ from pathlib import Path
 
 import torch
 
-from cejobs.bench_fast import DTYPES, _name
+from cejobs.bench.common import device_name
+from cejobs.method.params import NET_PRECISIONS, SamplerParams
 from cejobs.models.unet import UNET_PRESETS, UNet
+
+
 def _process_age() -> float | None:
     """Seconds since this process started (Linux /proc), or None elsewhere."""
     try:
@@ -29,7 +34,8 @@ def _process_age() -> float | None:
 
 
 def bench_generate(args) -> dict:
-    """Shards of the real generation worker (GenerateWorker.compute_shard), without the store.
+    """Shards made as the generation worker makes them (its dataset, plan, checkpoint and
+    CEMaker), without the store.
 
     The model is a random untrained checkpoint of the preset (sampling does the same arithmetic
     whatever the weights) and the sources a random .npz dataset of its image shape. Each
@@ -39,10 +45,15 @@ def bench_generate(args) -> dict:
     """
     import numpy as np
 
-    from cejobs.jobs.generate_worker import GenerateWorker
-    from cejobs.models.checkpoint import save_checkpoint
-    from cejobs.jobs.kinds import KINDS
-    from cejobs.jobs.tasks import ShardTask
+    from cejobs.data import load_dataset
+    from cejobs.devices import resolve_device
+    from cejobs.jobs.ce_maker import CEMaker
+    from cejobs.jobs.config import GenerateConfig
+    from cejobs.jobs.generate_worker import shard_arrays
+    from cejobs.jobs.methods import METHODS, CEParams
+    from cejobs.jobs.plan import make_plan
+    from cejobs.models.checkpoint import load_checkpoint, save_checkpoint
+    from cejobs.settings import typed
 
     imports_s = _process_age()  # interpreter, torch and cejobs imports
     t_start = time.perf_counter()
@@ -57,38 +68,48 @@ def bench_generate(args) -> dict:
         torch.manual_seed(0)
         save_checkpoint(tmp / "model.pt", UNet(**kwargs), kind="diffusion", arch="unet",
                         arch_kwargs=kwargs, meta={"dataset": "random"})
-        config = dict(dataset=str(tmp / "sources.npz"), sources=n, shard_size=args.shard_size,
-                      steps=args.steps, per_class=args.per_class, precision=args.precision,
-                      batch_size=args.batch_size, fast=args.fast, compile=args.compile,
-                      compile_cache=args.compile_cache, device=args.device,
-                      model=str(tmp / "model.pt"), method=args.method, backend="local")
-        from cejobs.jobs.config import config_from
-
-        config = config_from(config)
+        config = typed(GenerateConfig, dict(
+            dataset=str(tmp / "sources.npz"), sources=n, shard_size=args.shard_size,
+            steps=args.steps, per_class=args.per_class, precision=args.precision,
+            batch_size=args.batch_size, fast=args.fast, compile=args.compile,
+            compile_cache=args.compile_cache, device=args.device,
+            model=str(tmp / "model.pt"), method=args.method, backend="local"))
         t0 = time.perf_counter()
-        worker = GenerateWorker(ShardTask(KINDS["generate"], str(tmp / "none.zarr"), config),
-                                store=False)
+        device = resolve_device(config.device)
+        dataset = load_dataset(config.dataset, config.data_root, config.split)
+        plan = make_plan(config, len(dataset), dataset.num_classes)
+        method = METHODS[config.method]
+        ckpt = load_checkpoint(method.checkpoint_path(config), expect_kind=method.checkpoint)
+        maker = CEMaker(CEParams.from_config(config), ckpt.model, ckpt.meta, device)
+        targets = torch.as_tensor(plan.targets())
+        replicates = torch.as_tensor(plan.replicates())
         startup_s = time.perf_counter() - t0
-        device = worker.device
         shards = []
-        for s in range(worker.plan.num_shards):
-            timings: dict = {}
+        for s in range(plan.num_shards):
             t0 = time.perf_counter()
-            data, ces = worker.compute_shard(s, timings)
+            index = plan.source_index[plan.shard_rows(s)]
+            x = dataset.images(index).float()
             t1 = time.perf_counter()
+            batch = maker.make(x, index, targets, replicates)
+            if bad := batch.not_finite():
+                raise SystemExit(f"shard {s}: {bad} CEs are not finite")
+            data = shard_arrays(batch, x, dataset.labels[index], index, targets,
+                                config.ce_dtype)
+            t2 = time.perf_counter()
             np.savez(tmp / f"shard{s}.npz", **data)  # stand-in for CEStore.write_shard
-            write_s = time.perf_counter() - t1
-            shards.append(dict(ces=ces, seconds=time.perf_counter() - t0, write_seconds=write_s,
-                               **timings))
-        fast = worker.fast
+            write_s = time.perf_counter() - t2
+            shards.append(dict(ces=batch.l2.numel(), seconds=time.perf_counter() - t0,
+                               write_seconds=write_s, load_seconds=t1 - t0,
+                               sample_seconds=batch.sample_seconds,
+                               other_seconds=t2 - t1 - batch.sample_seconds))
         steady = shards[1:] or shards
         ces = sum(r["ces"] for r in steady)
         total = sum(r["seconds"] for r in steady)
         sample = sum(r["sample_seconds"] for r in steady)
         return dict(
-            bench="generate", device=_name(device), preset=args.preset, precision=args.precision,
-            fast=args.fast, mode=fast.mode if fast else getattr(worker, "net_mode", "?"),
-            compile_seconds=fast.compile_seconds if fast else None,
+            bench="generate", device=device_name(device), preset=args.preset,
+            precision=args.precision, fast=args.fast, mode=maker.engine.mode,
+            compile_seconds=maker.engine.compile_seconds,
             steps=args.steps, shards=len(shards), ces_per_shard=shards[0]["ces"],
             imports_seconds=imports_s, startup_seconds=startup_s,
             process_seconds=time.perf_counter() - t_start,
@@ -107,8 +128,6 @@ def bench_generate(args) -> dict:
 
 
 def add_parser(sub) -> None:
-    import argparse
-
     p = sub.add_parser("generate", help="generation worker end to end, no store needed",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="paper", choices=sorted(UNET_PRESETS))
@@ -117,11 +136,12 @@ def add_parser(sub) -> None:
     p.add_argument("--per-class", type=int, default=2)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
-    p.add_argument("--method", default="boltzmann")
+    p.add_argument("--precision", default="bf16", choices=sorted(NET_PRECISIONS))
+    p.add_argument("--method", default=SamplerParams.method)
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile: the whole step with --fast, else the network")
     p.add_argument("--compile-cache", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--dir", default=None, help="folder for the temporary files")
+    p.set_defaults(run=bench_generate)

@@ -106,12 +106,12 @@ def obstore_write_times(url: str, data: dict, layout) -> list[float]:
     from zarr.storage import ObjectStore
 
     from cejobs.store.layout import generation_arrays
-    from cejobs.store.store import WRITE_CONFIG, _create_arrays
+    from cejobs.store.store import WRITE_CONFIG, create_arrays
 
     http = os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://")
     s3 = S3Store.from_url(url, client_options={"allow_http": http})
     group = zarr.open_group(ObjectStore(s3), mode="w-", zarr_format=3)
-    _create_arrays(group, generation_arrays(), layout)
+    create_arrays(group, generation_arrays(), layout)
     arrays = {name: group[name].with_config(WRITE_CONFIG) for name in data}
     done = group["shard/done"]
     seconds = []
@@ -196,12 +196,16 @@ def bench_scale(args) -> dict:
                 status_seconds=status_s, resume_planning_seconds=plan_s)
 
 
-def add_parsers(sub, store_parser) -> None:
-    for p in (store_parser, sub.add_parser("scale")):
-        p.add_argument("--moto", action="store_true",
-                       help="start moto's S3 server on 127.0.0.1 for the run")
-        p.add_argument("--s3", default=None, help="s3://bucket[/prefix] from the AWS env")
-    store_parser.add_argument("--obstore", action="store_true",
-                              help="also write through zarr's ObjectStore on obstore")
+def add_target_flags(p) -> None:
+    """--moto and --s3: the S3 bucket a benchmark writes to (module docstring)."""
+    p.add_argument("--moto", action="store_true",
+                   help="start moto's S3 server on 127.0.0.1 for the run")
+    p.add_argument("--s3", default=None, help="s3://bucket[/prefix] from the AWS env")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("scale", help="status and resume planning of a store of many shards")
+    add_target_flags(p)
     p.add_argument("--shards", type=int, default=10000)
     p.add_argument("--dir", default=None, help="folder for a local-disk store")
+    p.set_defaults(run=bench_scale)
