@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cejobs.settings import ConfigError
+from cejobs.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

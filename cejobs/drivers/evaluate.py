@@ -26,7 +26,8 @@ from cejobs.jobs.assemble import assemble
 from cejobs.jobs.eval_inputs import (Classifier, check_inputs, default_classifier_paths, default_out,
                                 load_classifiers, parse_classifier_flags, store_labels)
 from cejobs.drivers.progress import Progress
-from cejobs.jobs.config import ConfigError, EvaluateConfig, parse_evaluate_args
+from cejobs.errors import ConfigError
+from cejobs.jobs.config import EvaluateConfig, parse_evaluate_args
 from cejobs.jobs.kinds import KINDS, pending_shards
 from cejobs.store.lease import DriverLease
 from cejobs.store.repair import repair

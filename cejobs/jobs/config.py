@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 from cejobs.jobs.methods import METHODS
 from cejobs.store.storage import ObjectPath, is_url, location
-from cejobs.settings import ConfigError, identity_of, parse, setting, typed
+from cejobs.errors import ConfigError
+from cejobs.settings import identity_of, parse, setting, typed
 
 PRECISIONS = ("fp32", "bf16")
 CE_DTYPES = ("float32", "float16")

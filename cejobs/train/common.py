@@ -127,7 +127,8 @@ def check_resume_settings(path: str, saved: dict[str, Any], current: dict[str, A
 def open_resume(cfg, trainer: str, device) -> tuple[Any, dict[str, Any]]:
     """The resume file `cfg.resume` of `trainer` (diffusion | classifier), checked against the
     settings of `cfg`: (its checkpoint, its training state)."""
-    from cejobs.models.checkpoint import CheckpointError, load_checkpoint
+    from cejobs.errors import CheckpointError
+    from cejobs.models.checkpoint import load_checkpoint
 
     try:
         state = load_checkpoint(cfg.resume, expect_kind=trainer, map_location=device)
