@@ -57,8 +57,9 @@ class Resources:
     slurm_cpus: int = _f(4, "slurm: CPUs per array task")
     slurm_mem_gb: int = _f(16, "slurm: memory per array task, GB")
     timeout_min: int = _f(240, "slurm: time limit per array task, minutes")
-    slurm_max_timeouts: int = _f(1000, "slurm: requeues after a time-out or preemption per "
-                                       "task at most (submitit slurm_max_num_timeout)", ge=0)
+    slurm_max_timeouts: int = _f(1000, "slurm: requeues of an array task after a time-out or "
+                                       "preemption at most (SLURM_RESTART_COUNT counts them)",
+                                 ge=0)
     array_parallelism: int = _f(64, "slurm: array tasks running at once at most")
     slurm_log_dir: str | None = _f(None, "slurm: folder for submitit logs; unset: <store>.logs")
     progress: bool = _f(True, "show a progress bar")
