@@ -120,22 +120,6 @@ def test_every_command_reads_toml(tmp_path):
         parse_evaluate_args([])
 
 
-def test_slurm_tasks_requeue_through_submitit_checkpointable(tmp_path):
-    from submitit.helpers import Checkpointable, DelayedSubmission
-
-    from cejobs.backends.slurm import ClaimLoopJob, SlurmBackend
-
-    config = GenerateConfig(slurm_max_timeouts=7, max_retries=2)
-    backend = SlurmBackend.from_config(config)
-    assert (backend.max_timeouts, backend.max_retries) == (7, 2)
-    assert backend._executor(tmp_path, "x")._executor.max_num_timeout == 7
-    job = ClaimLoopJob(ShardTask(KINDS["generate"], str(tmp_path), config), "run-1", 60.0)
-    again = job.checkpoint(3)  # what submitit requeues on SIGUSR2: this job, same index
-    assert isinstance(job, Checkpointable) and isinstance(again, DelayedSubmission)
-    assert again.function is job and again.args == (3,)
-    assert pickle.loads(pickle.dumps(job)).task.config == config
-
-
 # ---------------------------------------------------------------------------- the watchdog
 def test_shard_timeout_is_set_or_derived_from_finished_shards():
     from cejobs.backends.watchdog import FACTOR, FLOOR_S, shard_timeout

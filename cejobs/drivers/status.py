@@ -56,8 +56,8 @@ def store_status(store: CEStore, prefix: str = "shard") -> StoreStatus:
     done = store.done(prefix)
     sizes = np.array([layout.rows(s).stop - layout.rows(s).start for s in range(len(done))])
     ces = sizes * layout.ces_per_source
-    starts = store.read_flags(f"{prefix}/started_at")[done]
-    ends = store.read_flags(f"{prefix}/finished_at")[done]
+    starts = store.read_per_shard(f"{prefix}/started_at")[done]
+    ends = store.read_per_shard(f"{prefix}/finished_at")[done]
     timed = np.isfinite(starts) & np.isfinite(ends)
     return StoreStatus(
         shards_done=int(done.sum()), shards_total=len(done), ces_done=int(ces[done].sum()),

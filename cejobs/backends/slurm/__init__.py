@@ -138,7 +138,7 @@ class SlurmBackend:
         try:
             ended_polls = 0
             while True:
-                eligible, done = job.flags(store, task)
+                eligible, done = job.eligible_and_done(store, task)
                 new = sorted(s for s in wanted - reported if done[s])
                 if new:
                     started = store.read_rows(f"{job.timing_prefix(task)}/started_at")
