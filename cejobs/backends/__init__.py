@@ -3,8 +3,8 @@
 The table names each backend's module and class; a backend's module (and its heavy imports:
 torch, ray, submitit) is imported only when that backend is used. A new backend is a module
 (or package) here with a class that implements `base.Backend` (`from_config(resources)`,
-`preflight()`, `run(task, shards, on_result)`), and one line in BACKENDS (and its name in cejobs.jobs.config.BACKENDS, the `--backend`
-choices).
+`preflight()`, `run(task, shards, on_result)`), and one line in BACKENDS (and its name in
+cejobs.jobs.config.BACKENDS, the `--backend` choices).
 """
 
 from __future__ import annotations
