@@ -10,18 +10,22 @@ passive_openmp_default()  # before any cejobs module loads torch (cejobs/threads
 
 from cejobs.version import __version__  # noqa: E402
 
+API = ("generate", "evaluate", "open_store")
+
 
 def __getattr__(name: str):
-    """The API, imported on first use (importing cejobs loads neither torch nor ray).
+    """The API functions, imported on first use (importing cejobs loads neither torch nor
+    ray). The command-line modules cejobs/generate.py and cejobs/evaluate.py are only run
+    with `python -m`, never imported, so these names stay the functions."""
+    if name in API:
+        import importlib
 
-    `generate` and `evaluate` are the CLI modules themselves, made callable (cejobs.drivers.api)."""
-    import importlib
-
-    if name in ("generate", "evaluate"):
-        return importlib.import_module(f"cejobs.{name}")
-    if name == "open_store":
-        return importlib.import_module("cejobs.drivers.api").open_store
+        return getattr(importlib.import_module("cejobs.drivers.api"), name)
     raise AttributeError(f"module 'cejobs' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *API])
 
 
 __all__ = ["__version__", "generate", "open_store", "evaluate"]

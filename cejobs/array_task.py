@@ -38,7 +38,7 @@ def summarize(argv: list[str]) -> int:
     complete. Exit 0 iff every shard is done and intact."""
     from cejobs.store.repair import repair
     from cejobs.store.store import CEStore
-    from cejobs.status import format_status, store_status
+    from cejobs.drivers.status import format_status, store_status
 
     parser = argparse.ArgumentParser(prog="python -m cejobs.array_task summary")
     parser.add_argument("--store", required=True, help="zarr store path")
@@ -75,10 +75,10 @@ def evaluate_summary(argv: list[str]) -> int:
     """The final step of slurm/eval_ce.sh: `python -m cejobs.evaluate` with the tasks' arguments
     in this process (every shard is normally evaluated by now, so it only computes the metrics,
     tables and figures; any shard left is evaluated here), then the claims are removed."""
-    from cejobs import evaluate
+    from cejobs.cli import evaluate_main
     from cejobs.jobs.config import parse_evaluate_args
 
-    code = evaluate.main([*argv, "--backend", "local", "--no-progress"])
+    code = evaluate_main([*argv, "--backend", "local", "--no-progress"])
     if code == 0:
         for path in parse_evaluate_args(argv).store:
             remove_claims(path, KINDS["evaluate"].namespace)
@@ -100,15 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     return COMMANDS[argv[0]](argv[1:])
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["summary"]:  # light: no torch (cejobs.cli imports the data loaders)
-        from cejobs.store.store import StoreError
-
-        try:
-            sys.exit(main())
-        except StoreError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+if __name__ == "__main__":  # bad input: one line, exit 2 (cejobs.cli)
     from cejobs.cli import run_cli
 
     run_cli(main)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cejobs.settings import ConfigError
+from cejobs.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

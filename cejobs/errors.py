@@ -39,6 +39,3 @@ class StoreWriteError(StoreError):
 
 class TrainError(CejobsError):
     """A bad training setting or resume file; the message is one line."""
-
-
-USER_ERRORS = (CejobsError,)

@@ -18,6 +18,8 @@ import math
 import os
 from pathlib import Path
 
+from cejobs.slurm_env import current_job
+
 WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -44,9 +46,8 @@ def available_cpus() -> int:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         n = os.cpu_count() or 1
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
-        n = min(n, int(slurm))
+    if (slurm := current_job().cpus_per_task) is not None:
+        n = min(n, slurm)
     if (quota := _cgroup_cpus()) is not None:
         n = min(n, quota)
     return max(1, n)

@@ -2,9 +2,9 @@
 
 The table names each backend's module and class; a backend's module (and its heavy imports:
 torch, ray, submitit) is imported only when that backend is used. A new backend is a module
-(or package) here with a class that has `from_config(resources)` and `run(task, shards,
-on_result)`, and one line in BACKENDS (and its name in cejobs.jobs.config.BACKENDS, the `--backend`
-choices).
+(or package) here with a class that implements `base.Backend` (`from_config(resources)`,
+`preflight()`, `run(task, shards, on_result)`), and one line in BACKENDS (and its name in
+cejobs.jobs.config.BACKENDS, the `--backend` choices).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 from cejobs.backends.base import Backend, RunReport
-from cejobs.jobs.config import BACKENDS as BACKEND_NAMES
+from cejobs.jobs.config import BACKENDS as BACKEND_NAMES, Resources
 
 BACKENDS = {
     "local": ("cejobs.backends.local", "LocalBackend"),
@@ -22,23 +22,24 @@ BACKENDS = {
 assert tuple(BACKENDS) == BACKEND_NAMES, "a backend's name goes in cejobs.jobs.config too"
 
 
-def make_backend(resources) -> Backend:
+def backend_class(name: str) -> type[Backend]:
+    """The class of the backend `name` (its module is imported here)."""
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_backend(resources: Resources) -> Backend:
     """The backend named by `resources.backend`, built from the resource fields."""
-    module, name = BACKENDS[resources.backend]
-    return getattr(importlib.import_module(module), name).from_config(resources)
+    return backend_class(resources.backend).from_config(resources)
 
 
-def make_ready_backend(resources) -> Backend:
-    """The backend, after the checks that need no store, made before a store is touched: the
-    device of a local run exists, and a backend's own `preflight()` (Ray: the given address
-    answers within a bounded time)."""
-    if resources.backend == "local":
-        from cejobs.devices import resolve_device
-
-        resolve_device(resources.device)
+def make_ready_backend(resources: Resources) -> Backend:
+    """The backend, after its `preflight()` checks, made before a store is touched (local: the
+    device exists; Ray: the given address answers within a bounded time)."""
     backend = make_backend(resources)
-    getattr(backend, "preflight", lambda: None)()
+    backend.preflight()
     return backend
 
 
-__all__ = ["BACKENDS", "Backend", "RunReport", "make_backend", "make_ready_backend"]
+__all__ = ["BACKENDS", "Backend", "RunReport", "backend_class", "make_backend",
+           "make_ready_backend"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from cejobs.jobs.results import ShardResult
 from cejobs.jobs.tasks import ShardTask
+
+if TYPE_CHECKING:
+    from cejobs.jobs.config import Resources
 
 OnResult = Callable[[ShardResult], None]
 
@@ -18,6 +21,19 @@ class RunReport:
 
 
 class Backend(Protocol):
+    """Built from the run's resource fields; checked before any store is touched; then runs
+    the shards of a task. `cejobs.backends.make_ready_backend` calls the three in this order."""
+
+    @classmethod
+    def from_config(cls, resources: Resources) -> Backend:
+        """The backend, from the `Resources` fields of a generate or evaluate config."""
+        ...
+
+    def preflight(self) -> None:
+        """The checks that need no store (a device exists, a cluster answers), in bounded
+        time; a problem is a ConfigError with one line."""
+        ...
+
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         """Run every shard once (retrying lost workers), calling on_result per result."""
         ...

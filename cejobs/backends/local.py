@@ -5,18 +5,25 @@ from __future__ import annotations
 from typing import Sequence
 
 from cejobs.backends.base import OnResult, RunReport
+from cejobs.devices import resolve_device
+from cejobs.jobs.config import Resources
 from cejobs.jobs.results import run_shard_safely
 from cejobs.jobs.tasks import ShardTask
 from cejobs.threads import set_threads
 
 
 class LocalBackend:
-    def __init__(self, threads: int = 0):  # torch threads; 0: every available CPU
-        self.threads = threads
+    def __init__(self, threads: int = 0, device: str = "auto"):
+        self.threads = threads  # torch threads; 0: every available CPU
+        self.device = device  # the workers' device flag (the worker resolves it again)
 
     @classmethod
-    def from_config(cls, resources) -> "LocalBackend":
-        return cls(threads=resources.threads)
+    def from_config(cls, resources: Resources) -> LocalBackend:
+        return cls(threads=resources.threads, device=resources.device)
+
+    def preflight(self) -> None:
+        """The device exists (ConfigError otherwise)."""
+        resolve_device(self.device)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         set_threads(self.threads)

@@ -23,9 +23,9 @@ def bench_store(args) -> dict:
     if args.store:
         store = CEStore.open(args.store)
         done = store.done()
-        start = store.read_flags("shard/started_at")[done]
-        end = store.read_flags("shard/finished_at")[done]
-        write = store.read_flags("shard/write_seconds")[done]
+        start = store.read_per_shard("shard/started_at")[done]
+        end = store.read_per_shard("shard/finished_at")[done]
+        write = store.read_per_shard("shard/write_seconds")[done]
         frac = write / (end - start)
         return dict(bench="store", store=str(args.store), shards=int(done.sum()),
                     write_fraction_mean=float(np.mean(frac)),

@@ -5,14 +5,18 @@
     data = cejobs.open_store("runs/demo.zarr")   # data.tree (xarray), data.ces (pandas)
     tables = cejobs.evaluate(store=["runs/demo.zarr"], backend="local")
 
-Keyword arguments are the CLI's fields (flags with underscores); a bad value raises
-ConfigError with the CLI's one-line message.
+`generate` and `evaluate` are plain functions whose keyword-only parameters are the fields of
+GenerateConfig and EvaluateConfig (the CLI's flags, with underscores), with their defaults:
+`inspect.signature` and `help()` list them. A bad value raises ConfigError (a
+cejobs.errors.CejobsError) with the CLI's one-line message.
 """
 
 from __future__ import annotations
 
-import sys
-import types
+import dataclasses
+import inspect
+import textwrap
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,38 +24,63 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from cejobs.jobs.config import EvaluateConfig, GenerateConfig
+from cejobs.settings import typed
 from cejobs.store.store import CEStore
 
 
-def callable_module(name: str, function: Callable) -> None:
-    """Make the module `name` callable as `function`: `cejobs.generate` is both the CLI module
-    (`python -m cejobs.generate`, `generate.main(argv)`) and the API call
-    `cejobs.generate(**fields)`, so that neither name shadows the other."""
-    cls = type("CallableModule", (types.ModuleType,), {"__call__": staticmethod(function),
-                                                       "__doc__": function.__doc__})
-    sys.modules[name].__class__ = cls
+def keyword_signature(config: type, returns: Any) -> inspect.Signature:
+    """Every field of the settings dataclass `config` as a keyword-only parameter, with its
+    default and type: what `inspect.signature` and `help()` show for an API function."""
+    hints = typing.get_type_hints(config)
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                default=f.default if f.default is not dataclasses.MISSING
+                                else f.default_factory())
+              for f in dataclasses.fields(config)]
+    return inspect.Signature(params, return_annotation=returns)
 
 
+def fields_help(config: type) -> str:
+    """A docstring section listing each field of `config` with its help line (cejobs.settings)."""
+    lines = ["Keyword arguments (the command line's flags, with underscores):", ""]
+    for f in dataclasses.fields(config):
+        lines.append(textwrap.fill(f"{f.name}: {f.metadata.get('help', '')}", width=92,
+                                   initial_indent="    ", subsequent_indent="        "))
+        if f.metadata.get("choices"):
+            lines.append(f"        one of: {', '.join(map(str, f.metadata['choices']))}")
+    return "\n".join(lines)
+
+
+def takes_fields(config: type, returns: Any) -> Callable[[Callable], Callable]:
+    """Give an API function `f(**fields)` the signature and field list of `config`, so the
+    defaults are written once, in the dataclass."""
+    def decorate(function: Callable) -> Callable:
+        function.__signature__ = keyword_signature(config, returns)
+        function.__doc__ = f"{inspect.cleandoc(function.__doc__ or '')}\n\n{fields_help(config)}"
+        return function
+    return decorate
+
+
+@takes_fields(GenerateConfig, CEStore)
 def generate(**fields: Any) -> CEStore:
     """Create or resume a store, as `python -m cejobs.generate` does; the store.
 
     The store is returned also when some shards failed (`store.done()` says which are done);
-    the messages the CLI prints are printed here too."""
+    the messages the CLI prints are printed here too. A bad value raises ConfigError (a
+    cejobs.errors.CejobsError) with the CLI's one-line message."""
     from cejobs.drivers.generate import run_generate
-    from cejobs.jobs.config import GenerateConfig
-    from cejobs.settings import typed
 
     store, _ = run_generate(typed(GenerateConfig, fields))
     return store
 
 
+@takes_fields(EvaluateConfig, dict[str, pd.DataFrame])
 def evaluate(**fields: Any) -> dict[str, pd.DataFrame]:
     """Evaluate stores with classifiers, as `python -m cejobs.evaluate` does (it writes the
-    same files); the tables of tables/*.csv as DataFrames, by name."""
-    from cejobs.eval.report import tables
+    same files); the tables of tables/*.csv as DataFrames, by name. A bad value raises
+    ConfigError (a cejobs.errors.CejobsError) with the CLI's one-line message."""
     from cejobs.drivers.evaluate import run_evaluate
-    from cejobs.jobs.config import EvaluateConfig
-    from cejobs.settings import typed
+    from cejobs.eval.report import tables
 
     results, _ = run_evaluate(typed(EvaluateConfig, fields))
     return tables(results)

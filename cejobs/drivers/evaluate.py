@@ -6,9 +6,9 @@
    name already in a store has the same checkpoint sha256.
 2. Per store, under its evaluate lease (cejobs.store.lease): the repair policy re-reads the
    store's eval arrays and resets exactly the damaged (classifier, shard) flags
-   (cejobs.store.repair); the driver creates `eval/<name>/` for each classifier, then one "evaluate" task
-   covering all classifiers runs the generation-done shards that some classifier has not
-   evaluated yet, on the chosen backend. Re-running resumes, like generate.
+   (cejobs.store.repair); the driver creates `eval/<name>/` for each classifier, then one
+   "evaluate" task covering all classifiers runs the generation-done shards that some
+   classifier has not evaluated yet, on the chosen backend. Re-running resumes, like generate.
 3. One pass over each store's (N, K)-sized arrays (cejobs.jobs.assemble) writes summary.json,
    tables/*.csv, report.md and figures/*.png (docs/evaluation.md).
 """
@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cejobs.backends import make_ready_backend
-from cejobs.eval import report as R
+from cejobs.eval.report import StoreResult, format_table
 from cejobs.jobs.assemble import assemble
-from cejobs.jobs.eval_inputs import (Classifier, check_inputs, default_classifier_paths, default_out,
-                                load_classifiers, parse_classifier_flags, store_labels)
+from cejobs.jobs.eval_inputs import (Classifier, check_inputs, default_classifier_paths,
+                                     default_out, load_classifiers, parse_classifier_flags,
+                                     store_labels)
 from cejobs.drivers.progress import Progress
-from cejobs.jobs.config import ConfigError, EvaluateConfig, parse_evaluate_args
+from cejobs.errors import ConfigError
+from cejobs.jobs.config import EvaluateConfig, parse_evaluate_args
 from cejobs.jobs.kinds import KINDS, pending_shards
 from cejobs.store.lease import DriverLease
 from cejobs.store.repair import repair
@@ -76,7 +78,7 @@ def create_tasks(job: EvalJob) -> list[ShardTask]:
     return tasks
 
 
-def run_evaluate(config: EvaluateConfig) -> tuple[list[R.StoreResult], int]:
+def run_evaluate(config: EvaluateConfig) -> tuple[list[StoreResult], int]:
     """Evaluate what is left, then write the outputs; the results, and the exit status (0 when
     every shard is evaluated, 1 when some are not)."""
     backend = make_ready_backend(config)
@@ -87,7 +89,7 @@ def run_evaluate(config: EvaluateConfig) -> tuple[list[R.StoreResult], int]:
         return _run(config, job, backend)
 
 
-def _run(config: EvaluateConfig, job: EvalJob, backend) -> tuple[list[R.StoreResult], int]:
+def _run(config: EvaluateConfig, job: EvalJob, backend) -> tuple[list[StoreResult], int]:
     try:
         job.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -120,7 +122,7 @@ def _run(config: EvaluateConfig, job: EvalJob, backend) -> tuple[list[R.StoreRes
     # --- one pass: metrics, tables, report, figures
     results, written = assemble(job.out, job.paths, job.stores, job.labels, job.classifiers,
                                 config.figures)
-    print(R.format_table(results))
+    print(format_table(results))
     print(f"report: {written['report']}  summary: {written['summary']}  tables: "
           f"{job.out / 'tables'}" + (f"  figures: {job.out / 'figures'}" if config.figures
                                      else ""))

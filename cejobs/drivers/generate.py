@@ -16,7 +16,8 @@ from cejobs.data import load_dataset
 from cejobs.jobs.methods import METHODS
 from cejobs.models.checkpoint import load_checkpoint
 from cejobs.drivers.progress import Progress
-from cejobs.jobs.config import ConfigError, GenerateConfig, parse_generate_args
+from cejobs.errors import ConfigError
+from cejobs.jobs.config import GenerateConfig
 from cejobs.jobs.kinds import KINDS, pending_shards
 from cejobs.store.layout import Layout, generation_arrays
 from cejobs.jobs.plan import make_plan

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cejobs.eval import metrics as M
+from cejobs.eval.metrics import linear_fit, mean_different_class_distance
 from cejobs.eval.intervals import Bootstrap
 
 PAIR_KEYS = ("dataset", "split", "seed")  # identity fields that must agree, besides the sources
@@ -107,7 +107,7 @@ def compare_classifiers(y, t, l2, source_prob: dict, ce_prob: dict, valid: dict,
         boot = Bootstrap(len(rows), n_resamples, seed)
         yr, tr = y[rows], t[rows]
         other = ~(tr == yr[:, None])
-        d = M.mean_different_class_distance(yr, tr, l2[rows])
+        d = mean_different_class_distance(yr, tr, l2[rows])
         keep = np.isfinite(d)
         stats, r2 = {}, {}
         for clf in (name, reference):
@@ -118,7 +118,7 @@ def compare_classifiers(y, t, l2, source_prob: dict, ce_prob: dict, valid: dict,
                 "prob_source_predicted": (((pred == yr[:, None]) & sel).sum(1), sel.sum(1)),
                 "ce_accuracy_different": (((pred == tr) & other).sum(1), other.sum(1))}
             conf = np.asarray(source_prob[clf], dtype=np.float64)[rows][np.arange(len(rows)), yr]
-            r2[clf] = (M.linear_fit(d[keep], conf[keep])["r2"],
+            r2[clf] = (linear_fit(d[keep], conf[keep])["r2"],
                        boot.fit(d[keep], conf[keep], keep)["r2"])
         row = {"sources": len(rows), "classifier": name, "reference": reference,
                "pairing": "paired per CE"}

@@ -21,7 +21,8 @@ from cejobs.jobs.methods import METHODS
 from cejobs.method.params import (DEFAULT_PRECISION, NET_PRECISIONS, RobustParams,
                                   SamplerParams)
 from cejobs.store.storage import ObjectPath, is_url, location
-from cejobs.settings import ConfigError, identity_of, parse, setting
+from cejobs.errors import ConfigError
+from cejobs.settings import identity_of, parse, setting, typed
 
 PRECISIONS = tuple(NET_PRECISIONS)
 CE_DTYPES = ("float32", "float16")
@@ -29,40 +30,43 @@ BUILTIN_DATASETS = ("digits", "cifar10", "svhn")
 SPLITS = ("train", "test")
 BACKENDS = ("local", "ray", "slurm")  # cejobs.backends.BACKENDS has a class for each
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
-_f = setting
 
 
 @dataclass
 class Resources:
     """Where and how shards run; the same for generate and evaluate."""
 
-    backend: str = _f("ray", "where shards run", choices=BACKENDS)
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    batch_size: int = _f(256, "CEs per sampler batch (the network sees twice this); "
-                              "evaluate: images per classifier batch", ge=1)
-    workers: int = _f(0, "number of workers (0 = one per GPU, else one per CPU thread group)", ge=0)
-    threads: int = _f(0, "torch threads per worker (0: the CPUs it may use for local and "
-                         "SLURM, 1 per Ray CPU worker)", ge=0)
-    gpus_per_worker: float = _f(1.0, "ray: GPUs per worker (fractions share a GPU)", gt=0)
-    max_retries: int = _f(3, "retries of a shard whose worker was lost (ray: actor or node "
-                             "died; slurm: claim gone stale); a shard that raised is not "
-                             "retried", ge=0)
-    shard_timeout: float = _f(0.0, "seconds after which a running shard counts as hung: ray "
-                                   "kills its worker and retries it elsewhere, slurm lets "
-                                   "another task take over its claim (0: 10 x the median "
-                                   "finished shard, at least 120 s)", ge=0)
-    max_in_flight: int = _f(0, "ray: shards queued per worker at most (0 = 2)", ge=0)
-    ray_address: str | None = _f(None, "ray cluster address; unset: RAY_ADDRESS, else a local Ray")
-    partition: str | None = _f(None, "slurm: partition")
-    slurm_gpus: int = _f(1, "slurm: GPUs per array task")
-    slurm_cpus: int = _f(4, "slurm: CPUs per array task")
-    slurm_mem_gb: int = _f(16, "slurm: memory per array task, GB")
-    timeout_min: int = _f(240, "slurm: time limit per array task, minutes")
-    slurm_max_timeouts: int = _f(1000, "slurm: requeues after a time-out or preemption per "
-                                       "task at most (submitit slurm_max_num_timeout)", ge=0)
-    array_parallelism: int = _f(64, "slurm: array tasks running at once at most")
-    slurm_log_dir: str | None = _f(None, "slurm: folder for submitit logs; unset: <store>.logs")
-    progress: bool = _f(True, "show a progress bar")
+    backend: str = setting("ray", "where shards run", choices=BACKENDS)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    batch_size: int = setting(256, "CEs per sampler batch (the network sees twice this); "
+                                   "evaluate: images per classifier batch", ge=1)
+    workers: int = setting(0, "number of workers (0 = one per GPU, else one per CPU thread "
+                              "group)", ge=0)
+    threads: int = setting(0, "torch threads per worker (0: the CPUs it may use for local and "
+                              "SLURM, 1 per Ray CPU worker)", ge=0)
+    gpus_per_worker: float = setting(1.0, "ray: GPUs per worker (fractions share a GPU)", gt=0)
+    max_retries: int = setting(3, "retries of a shard whose worker was lost (ray: actor or node "
+                                  "died; slurm: claim gone stale); a shard that raised is not "
+                                  "retried", ge=0)
+    shard_timeout: float = setting(0.0, "seconds after which a running shard counts as hung: "
+                                        "ray kills its worker and retries it elsewhere, slurm "
+                                        "lets another task take over its claim (0: 10 x the "
+                                        "median finished shard, at least 120 s)", ge=0)
+    max_in_flight: int = setting(0, "ray: shards queued per worker at most (0 = 2)", ge=0)
+    ray_address: str | None = setting(None, "ray cluster address; unset: RAY_ADDRESS, else a "
+                                            "local Ray")
+    partition: str | None = setting(None, "slurm: partition")
+    slurm_gpus: int = setting(1, "slurm: GPUs per array task")
+    slurm_cpus: int = setting(4, "slurm: CPUs per array task")
+    slurm_mem_gb: int = setting(16, "slurm: memory per array task, GB")
+    timeout_min: int = setting(240, "slurm: time limit per array task, minutes")
+    slurm_max_timeouts: int = setting(1000, "slurm: requeues of an array task after a time-out "
+                                            "or preemption at most (SLURM_RESTART_COUNT counts "
+                                            "them)", ge=0)
+    array_parallelism: int = setting(64, "slurm: array tasks running at once at most")
+    slurm_log_dir: str | None = setting(None, "slurm: folder for submitit logs; unset: "
+                                              "<store>.logs")
+    progress: bool = setting(True, "show a progress bar")
 
     def validate(self) -> None:
         """Raise ConfigError on the first bad value."""
@@ -73,52 +77,59 @@ class Resources:
 @dataclass
 class GenerateConfig(Resources):
     # --- what to make (identity: recorded in the store, must match on resume)
-    dataset: str = _f("digits", "digits | cifar10 | svhn | PATH.npz | store:PATH", identity=True)
-    data_root: str | None = _f(None, "folder holding cifar10/svhn files (never downloaded)")
-    split: str = _f("train", "dataset split of the sources", identity=True, choices=SPLITS)
-    sources: int | None = _f(
+    dataset: str = setting("digits", "digits | cifar10 | svhn | PATH.npz | store:PATH",
+                           identity=True)
+    data_root: str | None = setting(None, "folder holding cifar10/svhn files (never downloaded)")
+    split: str = setting("train", "dataset split of the sources", identity=True, choices=SPLITS)
+    sources: int | None = setting(
         20, "number of sources: the first N of the split (ignored with --indices)", identity=True
     )
-    indices: str | None = _f(None, "source index range A:B of the split (overrides --sources)",
-                             identity=True)
-    method: str = _f(SamplerParams.method, "neighbourhood score, or robust-classifier CEs",
-                     identity=True, choices=tuple(METHODS))
-    w: float = _f(SamplerParams.w, "classifier-free guidance weight (paper eq. 3)",
-                  identity=True, ge=0)
-    sigma_ce: float = _f(SamplerParams.sigma_ce, "neighbourhood scale, in model space [-1, 1]",
-                         identity=True, gt=0)
-    steps: int = _f(SamplerParams.steps, "Euler-Maruyama steps", identity=True, ge=1, le=100_000)
-    per_class: int = _f(2, "CEs per target class per source", identity=True, ge=1,
-                        le=10_000)
-    shard_size: int = _f(2, "sources per shard (= zarr chunk along N)", identity=True, ge=1)
-    seed: int = _f(0, "run seed: the noise of each CE depends only on it and the CE's position",
-                   identity=True)
-    model: str | None = _f(None, "diffusion checkpoint; unset: data/digits/diffusion.pt")
-    classifier: str | None = _f(
-        None, "classifier checkpoint for --method robust; unset: data/digits/classifier-l2-eps1.0.pt"
+    indices: str | None = setting(None, "source index range A:B of the split (overrides --sources)",
+                                  identity=True)
+    method: str = setting(SamplerParams.method, "neighbourhood score, or robust-classifier CEs",
+                          identity=True, choices=tuple(METHODS))
+    w: float = setting(SamplerParams.w, "classifier-free guidance weight (paper eq. 3)",
+                      identity=True, ge=0)
+    sigma_ce: float = setting(SamplerParams.sigma_ce,
+                              "neighbourhood scale, in model space [-1, 1]", identity=True, gt=0)
+    steps: int = setting(SamplerParams.steps, "Euler-Maruyama steps", identity=True, ge=1,
+                         le=100_000)
+    per_class: int = setting(2, "CEs per target class per source", identity=True, ge=1,
+                             le=10_000)
+    shard_size: int = setting(2, "sources per shard (= zarr chunk along N)", identity=True, ge=1)
+    seed: int = setting(0, "run seed: the noise of each CE depends only on it and the CE's "
+                           "position", identity=True)
+    model: str | None = setting(None, "diffusion checkpoint; unset: data/digits/diffusion.pt")
+    classifier: str | None = setting(
+        None, "classifier checkpoint for --method robust; unset: "
+              "data/digits/classifier-l2-eps1.0.pt"
     )
-    precision: str = _f(DEFAULT_PRECISION, "network precision (SDE state and scores stay fp32)",
-                        identity=True, choices=PRECISIONS)
-    ce_dtype: str = _f("float32", "dtype of ce/x in the store", identity=True, choices=CE_DTYPES)
-    robust_step_size: float = _f(RobustParams.step_size, "robust: L2 length of each gradient step",
-                                 identity=True, gt=0)
-    robust_max_steps: int = _f(RobustParams.max_steps, "robust: step cap", identity=True, ge=1,
-                               le=1_000_000)
-    robust_threshold: float = _f(RobustParams.threshold, "robust: stop once p_target reaches this",
-                                 identity=True, gt=0, lt=1)
+    precision: str = setting(DEFAULT_PRECISION,
+                             "network precision (SDE state and scores stay fp32)",
+                             identity=True, choices=PRECISIONS)
+    ce_dtype: str = setting("float32", "dtype of ce/x in the store", identity=True,
+                            choices=CE_DTYPES)
+    robust_step_size: float = setting(RobustParams.step_size,
+                                      "robust: L2 length of each gradient step",
+                                      identity=True, gt=0)
+    robust_max_steps: int = setting(RobustParams.max_steps, "robust: step cap", identity=True,
+                                     ge=1, le=1_000_000)
+    robust_threshold: float = setting(RobustParams.threshold,
+                                      "robust: stop once p_target reaches this",
+                                      identity=True, gt=0, lt=1)
     # --- inputs (may move between a run and its resume)
-    store: str | None = _f(None, "zarr store: a path, or s3://bucket/prefix/run.zarr (any "
-                                 "fsspec URL; credentials from the AWS environment); unset: "
-                                 "runs/<dataset>-<method>.zarr")
-    compile: bool = _f(False, "torch.compile the diffusion network, or with --fast the "
-                              "whole step (2.2x on an H200; falls back to eager if it fails)")
-    fast: bool = _f(False, "fast sampling path: channels-last, SDPA attention, noise made on "
-                           "the device, no host sync per step; with --compile the whole guided "
-                           "step is compiled (CUDA graphs on a GPU); each part falls back when "
-                           "it cannot run (docs/performance.md)")
-    compile_cache: str | None = _f(None, "folder for torch.compile's kernel cache (--compile, "
-                                         "--fast); unset: $TORCHINDUCTOR_CACHE_DIR, else "
-                                         "~/.cache/cejobs/inductor")
+    store: str | None = setting(None, "zarr store: a path, or s3://bucket/prefix/run.zarr (any "
+                                      "fsspec URL; credentials from the AWS environment); unset: "
+                                      "runs/<dataset>-<method>.zarr")
+    compile: bool = setting(False, "torch.compile the diffusion network, or with --fast the "
+                                   "whole step (2.2x on an H200; falls back to eager if it fails)")
+    fast: bool = setting(False, "fast sampling path: channels-last, SDPA attention, noise made "
+                                "on the device, no host sync per step; with --compile the whole "
+                                "guided step is compiled (CUDA graphs on a GPU); each part falls "
+                                "back when it cannot run (docs/performance.md)")
+    compile_cache: str | None = setting(None, "folder for torch.compile's kernel cache (--compile, "
+                                              "--fast); unset: $TORCHINDUCTOR_CACHE_DIR, else "
+                                              "~/.cache/cejobs/inductor")
 
     # ---------------------------------------------------------------- derived values
     def identity(self) -> dict[str, Any]:
@@ -173,18 +184,18 @@ class GenerateConfig(Resources):
 class EvaluateConfig(Resources):
     """Stores and classifiers to evaluate, and where the tables and figures go."""
 
-    store: list[str] = _f([], "a store made by generate; repeat to compare stores (their "
-                              "labels are the folder names without .zarr)")
-    classifier: list[str] = _f([], "NAME=CKPT, a classifier and its name; repeat for several "
-                                   "(none: data/digits/classifier-*.pt, named by file stem "
-                                   "without 'classifier-', for digits stores)")
-    out: str | None = _f(None, "output folder; unset: the first store's path with .zarr "
-                               "replaced by .eval")
-    allow_partial: bool = _f(False, "evaluate only the finished shards of unfinished stores; "
-                                    "the report says which part was evaluated")
-    figures: bool = _f(True, "draw figures/*.png")
-    backend: str = _f("local", "where shards run; one process is enough for small stores",
-                      choices=BACKENDS)
+    store: list[str] = setting([], "a store made by generate; repeat to compare stores (their "
+                                   "labels are the folder names without .zarr)")
+    classifier: list[str] = setting([], "NAME=CKPT, a classifier and its name; repeat for several "
+                                        "(none: data/digits/classifier-*.pt, named by file stem "
+                                        "without 'classifier-', for digits stores)")
+    out: str | None = setting(None, "output folder; unset: the first store's path with .zarr "
+                                    "replaced by .eval")
+    allow_partial: bool = setting(False, "evaluate only the finished shards of unfinished stores; "
+                                         "the report says which part was evaluated")
+    figures: bool = setting(True, "draw figures/*.png")
+    backend: str = setting("local", "where shards run; one process is enough for small stores",
+                           choices=BACKENDS)
 
     def validate(self) -> None:
         super().validate()

@@ -7,11 +7,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cejobs.errors import ConfigError, StoreError
 from cejobs.models.checkpoint import load_checkpoint
-from cejobs.jobs.config import REPO_DATA, ConfigError
+from cejobs.jobs.config import REPO_DATA
 from cejobs.store.layout import eval_prefix
 from cejobs.store.storage import ObjectPath
-from cejobs.store.store import CEStore, StoreError
+from cejobs.store.store import CEStore
 
 SHIPPED_DIGITS = REPO_DATA / "digits"  # classifier-<name>.pt: the default classifiers on digits
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a classifier name is one path segment

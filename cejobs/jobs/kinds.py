@@ -42,7 +42,7 @@ class JobKind:
         """Driver only: the files its workers read (checkpoints, the dataset), read here."""
         raise NotImplementedError
 
-    def flags(self, store: CEStore, task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
+    def eligible_and_done(self, store: CEStore, task: ShardTask) -> tuple[np.ndarray, np.ndarray]:
         """(eligible, done) per shard, read fresh from the store."""
         raise NotImplementedError
 
@@ -74,7 +74,7 @@ class Generate(JobKind):
                    else load_dataset(config.dataset, config.data_root, config.split))
         return WorkerInputs.read([METHODS[config.method].checkpoint_path(config)], dataset)
 
-    def flags(self, store, task):
+    def eligible_and_done(self, store, task):
         done = store.done("shard")
         return np.ones_like(done), done
 
@@ -98,7 +98,7 @@ class Evaluate(JobKind):
 
         return WorkerInputs.read([c["path"] for c in task.options["classifiers"].values()])
 
-    def flags(self, store, task):
+    def eligible_and_done(self, store, task):
         eligible = store.done("shard")  # only generated shards can be evaluated
         done = np.ones_like(eligible)
         for name in task.options["classifiers"]:
@@ -118,5 +118,5 @@ KINDS: dict[str, JobKind] = {kind.name: kind for kind in (Generate(), Evaluate()
 
 def pending_shards(store: CEStore, task: ShardTask) -> list[int]:
     """Shards of `task` that may run and are not done."""
-    eligible, done = task.job.flags(store, task)
+    eligible, done = task.job.eligible_and_done(store, task)
     return [int(s) for s in np.flatnonzero(eligible & ~done)]

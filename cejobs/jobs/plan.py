@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cejobs.jobs.config import ConfigError, GenerateConfig, parse_index_range
+from cejobs.errors import ConfigError
+from cejobs.jobs.config import GenerateConfig, parse_index_range
 
 
 @dataclass(frozen=True)

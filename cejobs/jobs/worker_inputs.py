@@ -21,7 +21,7 @@ class WorkerInputs:
 
     @classmethod
     def read(cls, checkpoints: list[str | Path], dataset: Any = None) -> "WorkerInputs":
-        from cejobs.models.checkpoint import CheckpointError
+        from cejobs.errors import CheckpointError
 
         files = {}
         for path in map(str, checkpoints):

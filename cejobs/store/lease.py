@@ -19,7 +19,8 @@ import threading
 import time
 import uuid
 
-from cejobs.store.store import CEStore, StoreError, check_writable, write_error
+from cejobs.errors import StoreError
+from cejobs.store.store import CEStore, check_writable, write_error
 
 LEASE_S = 120.0  # a lease without a heartbeat for this long is stale
 HEARTBEAT_S = 15.0

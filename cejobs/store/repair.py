@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cejobs.store.layout import EVAL_ARRAYS, eval_prefix
-from cejobs.store.store import LEFTOVER_AGE_S, CEStore, StoreError, write_error
+from cejobs.errors import StoreError
+from cejobs.store.store import LEFTOVER_AGE_S, CEStore, write_error
 
 
 @dataclass(frozen=True)

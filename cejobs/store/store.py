@@ -297,7 +297,7 @@ class CEStore:
         self.damaged_flags[prefix] = bad
         return flags.astype(bool)
 
-    def read_flags(self, name: str) -> np.ndarray:
+    def read_per_shard(self, name: str) -> np.ndarray:
         """A per-shard array (e.g. shard/finished_at); a chunk that does not read is NaN."""
         return self._read_per_chunk(name, np.nan)[0]
 

@@ -5,7 +5,7 @@ with the commands listed there.
 """
 
 from cejobs.train.classifier import ClassifierTrainConfig, pgd_l2, train_classifier
-from cejobs.train.common import TrainError
+from cejobs.errors import TrainError
 from cejobs.train.diffusion import DiffusionTrainConfig, train_diffusion
 
 __all__ = [

@@ -32,7 +32,7 @@ from cejobs.data import ImageDataset, load_dataset
 from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import save_checkpoint
 from cejobs.devices import resolve_device
-from cejobs.settings import setting as _f
+from cejobs.settings import setting
 from cejobs.train.common import (
     TrainError,
     TrainSettings,
@@ -52,27 +52,27 @@ PAPER_EVAL_EPS = {"cifar10": 0.5, "svhn": 0.2}  # tables 1-2: the PGD(8, eps) co
 
 @dataclass
 class ClassifierTrainConfig(TrainSettings):
-    preset: str = _f("wrn-40-2", "WideResNet preset; its image shape and classes follow the dataset",
-                     choices=tuple(WRN_PRESETS), identity=True)
-    dropout: float | None = _f(None, "dropout (default: 0.3 when --eps is 0, else 0)", identity=True, ge=0, lt=1)
-    epochs: int = _f(100, "training epochs", ge=1)
-    lr: float = _f(1e-3, "Adam learning rate (betas 0.9, 0.999)", identity=True, gt=0)
-    eps: float = _f(0.0, "L2 radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)", identity=True, ge=0)
-    pgd_steps: int = _f(8, "PGD steps of adversarial training", identity=True, ge=1)
-    pgd_step_size: float | None = _f(None, "PGD step size (default: 2.5 * eps / pgd_steps)", identity=True)
-    augment: str = _f("auto", "auto (crop-flip for cifar10, else none) | none | crop-flip | crop",
-                      choices=AUGMENTS, identity=True)
-    eval_split: str = _f("test", "split for the final accuracies")
-    eval_eps: str | None = _f(None, "comma-separated L2 eps of the final PGD evaluation (default: the "
-                              "paper's 0.5 for cifar10, 0.2 for svhn; else --eps if > 0)")
-    eval_steps: str = _f("8,20", "comma-separated PGD step counts of the final evaluation")
-    eval_batch_size: int = _f(500, "images per evaluation batch", ge=1)
-    precision: str = _f("fp32", "network precision (bf16 autocast on GPUs)", choices=("fp32", "bf16"),
-                        identity=True)
-    seed: int = _f(0, "seed of the initial weights, data order and augmentation", identity=True)
-    out: str = _f("runs/classifier.pt", "output checkpoint; resume state goes to OUT.resume.pt")
-    save_every: int = _f(10, "write OUT.resume.pt every this many epochs and at the end (0: never)", ge=0)
-    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --epochs extends)")
+    preset: str = setting("wrn-40-2", "WideResNet preset; its image shape and classes follow the dataset",
+                          choices=tuple(WRN_PRESETS), identity=True)
+    dropout: float | None = setting(None, "dropout (default: 0.3 when --eps is 0, else 0)", identity=True, ge=0, lt=1)
+    epochs: int = setting(100, "training epochs", ge=1)
+    lr: float = setting(1e-3, "Adam learning rate (betas 0.9, 0.999)", identity=True, gt=0)
+    eps: float = setting(0.0, "L2 radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)", identity=True, ge=0)
+    pgd_steps: int = setting(8, "PGD steps of adversarial training", identity=True, ge=1)
+    pgd_step_size: float | None = setting(None, "PGD step size (default: 2.5 * eps / pgd_steps)", identity=True)
+    augment: str = setting("auto", "auto (crop-flip for cifar10, else none) | none | crop-flip | crop",
+                           choices=AUGMENTS, identity=True)
+    eval_split: str = setting("test", "split for the final accuracies")
+    eval_eps: str | None = setting(None, "comma-separated L2 eps of the final PGD evaluation (default: the "
+                                   "paper's 0.5 for cifar10, 0.2 for svhn; else --eps if > 0)")
+    eval_steps: str = setting("8,20", "comma-separated PGD step counts of the final evaluation")
+    eval_batch_size: int = setting(500, "images per evaluation batch", ge=1)
+    precision: str = setting("fp32", "network precision (bf16 autocast on GPUs)", choices=("fp32", "bf16"),
+                             identity=True)
+    seed: int = setting(0, "seed of the initial weights, data order and augmentation", identity=True)
+    out: str = setting("runs/classifier.pt", "output checkpoint; resume state goes to OUT.resume.pt")
+    save_every: int = setting(10, "write OUT.resume.pt every this many epochs and at the end (0: never)", ge=0)
+    resume: str | None = setting(None, "continue from this resume file (same settings; a larger --epochs extends)")
 
 
 def pgd_l2(

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cejobs.settings import identity_of
-from cejobs.settings import setting as _f
+from cejobs.settings import setting
 from cejobs.errors import TrainError
 
 
@@ -31,14 +31,14 @@ class TrainSettings:
     """The fields both training configs have. Fields marked identity=True decide the numbers,
     and a resume must repeat them; the others (paths, device, logging) may change."""
 
-    dataset: str = _f("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH", identity=True)
-    data_root: str | None = _f(None, "folder holding the cifar10/svhn files (never downloaded)")
-    batch_size: int = _f(128, "images per step", identity=True, ge=1)
-    channels_last: bool = _f(True, "channels-last memory format (faster convolutions on CPU "
-                                   "and GPU)", identity=True)
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    threads: int = _f(0, "torch CPU threads (0: torch's default)")
-    progress: bool = _f(True, "show a progress bar")
+    dataset: str = setting("cifar10", "digits | cifar10 | svhn | PATH.npz | store:PATH", identity=True)
+    data_root: str | None = setting(None, "folder holding the cifar10/svhn files (never downloaded)")
+    batch_size: int = setting(128, "images per step", identity=True, ge=1)
+    channels_last: bool = setting(True, "channels-last memory format (faster convolutions on CPU "
+                                        "and GPU)", identity=True)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = setting(0, "torch CPU threads (0: torch's default)")
+    progress: bool = setting(True, "show a progress bar")
 
     def identity(self) -> dict:
         return identity_of(self)
@@ -127,7 +127,8 @@ def check_resume_settings(path: str, saved: dict[str, Any], current: dict[str, A
 def open_resume(cfg, trainer: str, device) -> tuple[Any, dict[str, Any]]:
     """The resume file `cfg.resume` of `trainer` (diffusion | classifier), checked against the
     settings of `cfg`: (its checkpoint, its training state)."""
-    from cejobs.models.checkpoint import CheckpointError, load_checkpoint
+    from cejobs.errors import CheckpointError
+    from cejobs.models.checkpoint import load_checkpoint
 
     try:
         state = load_checkpoint(cfg.resume, expect_kind=trainer, map_location=device)

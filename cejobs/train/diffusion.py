@@ -26,7 +26,7 @@ from cejobs.models import UNET_PRESETS, UNet
 from cejobs.models.checkpoint import save_checkpoint
 from cejobs.method.sde import VPSDE
 from cejobs.devices import resolve_device
-from cejobs.settings import setting as _f
+from cejobs.settings import setting
 from cejobs.train.common import (
     EMA,
     TrainError,
@@ -45,30 +45,30 @@ from cejobs.train.common import (
 
 @dataclass
 class DiffusionTrainConfig(TrainSettings):
-    preset: str = _f("paper", "U-Net preset; its image shape and classes follow the dataset",
-                     choices=tuple(UNET_PRESETS), identity=True)
-    base_channels: int | None = _f(None, "override the preset's base width", identity=True,
-                                    ge=4)
-    channel_mult: str | None = _f(None, "override the preset's width multipliers, e.g. 1,2,2,2", identity=True)
-    num_res_blocks: int | None = _f(None, "override the preset's residual blocks per resolution", identity=True, ge=1)
-    attn_resolutions: str | None = _f(None, "override the preset's attention resolutions, e.g. 16 ('' for none)", identity=True)
-    dropout: float | None = _f(None, "override the preset's dropout", identity=True)
-    steps: int = _f(1_000_000, "training steps (paper: 1M)", ge=1)
-    lr: float = _f(2e-4, "Adam learning rate", identity=True, gt=0)
-    warmup: int = _f(5000, "linear learning-rate warm-up steps", identity=True, ge=0)
-    grad_clip: float = _f(1.0, "gradient-norm clip (0: off)", identity=True, ge=0)
-    label_drop: float = _f(0.3, "probability of replacing a label by the null label", identity=True, ge=0, lt=1)
-    ema: float = _f(0.9999, "EMA decay of the saved weights (short runs: 0.999)", identity=True, ge=0, lt=1)
-    t_eps: float = _f(1e-5, "smallest training time t (score_sde's continuous-time eps)", identity=True, gt=0, lt=1)
-    precision: str = _f("fp32", "network precision (bf16 autocast on GPUs; loss and optimizer in fp32)",
-                        choices=("fp32", "bf16"), identity=True)
-    flip: str = _f("auto", "random horizontal flips: auto (on for cifar10, as score_sde; off for svhn "
-                   "and digits) | on | off", choices=("auto", "on", "off"), identity=True)
-    seed: int = _f(0, "seed of the initial weights, data order and noise", identity=True)
-    out: str = _f("runs/diffusion.pt", "output checkpoint (EMA weights); resume state goes to OUT.resume.pt")
-    save_every: int = _f(5000, "write OUT.resume.pt every this many steps and at the end (0: never)", ge=0)
-    log_every: int = _f(1000, "print a log line every this many steps", ge=0)
-    resume: str | None = _f(None, "continue from this resume file (same settings; a larger --steps extends)")
+    preset: str = setting("paper", "U-Net preset; its image shape and classes follow the dataset",
+                          choices=tuple(UNET_PRESETS), identity=True)
+    base_channels: int | None = setting(None, "override the preset's base width", identity=True,
+                                         ge=4)
+    channel_mult: str | None = setting(None, "override the preset's width multipliers, e.g. 1,2,2,2", identity=True)
+    num_res_blocks: int | None = setting(None, "override the preset's residual blocks per resolution", identity=True, ge=1)
+    attn_resolutions: str | None = setting(None, "override the preset's attention resolutions, e.g. 16 ('' for none)", identity=True)
+    dropout: float | None = setting(None, "override the preset's dropout", identity=True)
+    steps: int = setting(1_000_000, "training steps (paper: 1M)", ge=1)
+    lr: float = setting(2e-4, "Adam learning rate", identity=True, gt=0)
+    warmup: int = setting(5000, "linear learning-rate warm-up steps", identity=True, ge=0)
+    grad_clip: float = setting(1.0, "gradient-norm clip (0: off)", identity=True, ge=0)
+    label_drop: float = setting(0.3, "probability of replacing a label by the null label", identity=True, ge=0, lt=1)
+    ema: float = setting(0.9999, "EMA decay of the saved weights (short runs: 0.999)", identity=True, ge=0, lt=1)
+    t_eps: float = setting(1e-5, "smallest training time t (score_sde's continuous-time eps)", identity=True, gt=0, lt=1)
+    precision: str = setting("fp32", "network precision (bf16 autocast on GPUs; loss and optimizer in fp32)",
+                             choices=("fp32", "bf16"), identity=True)
+    flip: str = setting("auto", "random horizontal flips: auto (on for cifar10, as score_sde; off for svhn "
+                        "and digits) | on | off", choices=("auto", "on", "off"), identity=True)
+    seed: int = setting(0, "seed of the initial weights, data order and noise", identity=True)
+    out: str = setting("runs/diffusion.pt", "output checkpoint (EMA weights); resume state goes to OUT.resume.pt")
+    save_every: int = setting(5000, "write OUT.resume.pt every this many steps and at the end (0: never)", ge=0)
+    log_every: int = setting(1000, "print a log line every this many steps", ge=0)
+    resume: str | None = setting(None, "continue from this resume file (same settings; a larger --steps extends)")
 
 
 def _int_tuple(text: str, flag: str) -> tuple[int, ...]:

@@ -99,7 +99,7 @@ def nan_model(tmp_path_factory) -> Path:
 def test_thread_count_does_not_change_ces(tmp_path):
     """1 and 2 torch threads give bit-equal CEs: Ray CPU actors (1 thread) and a local run
     (all cores) agree. Uses the digits preset, wide enough for torch to split its kernels."""
-    from cejobs.generate import main
+    from cejobs.cli import generate_main as main
 
     kwargs = dict(UNET_PRESETS["digits"])
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import zarr
 
-from cejobs import evaluate, generate
+from cejobs.cli import evaluate_main, generate_main
 from cejobs.cli import run_cli
 from cejobs.jobs import eval_inputs as inputs
 from cejobs.eval import metrics as M
@@ -40,9 +40,9 @@ def world(tiny_models, tmp_path_factory):
     common = ["--model", str(tiny_models["diffusion"]), "--steps", "2", "--per-class", "1",
               "--shard-size", str(SHARD), "--method", "gaussian", *FAST]
     clean, cec = root / "clean.zarr", root / "cec.zarr"
-    assert generate.main(["--store", str(clean), "--split", "test", "--sources", str(N),
+    assert generate_main(["--store", str(clean), "--split", "test", "--sources", str(N),
                           *common]) == 0
-    assert generate.main(["--store", str(cec), "--dataset", f"store:{clean}", "--sources",
+    assert generate_main(["--store", str(cec), "--dataset", f"store:{clean}", "--sources",
                           str(N), *common]) == 0
     shipped = root / "shipped"
     shipped.mkdir()
@@ -63,14 +63,14 @@ def _bytes(path):
 
 
 def _main(argv):
-    return evaluate.main([str(a) for a in argv])
+    return evaluate_main([str(a) for a in argv])
 
 
 def _cli(argv, capsys):
-    """run_cli(evaluate.main) in-process: (exit status, its stderr lines)."""
+    """run_cli(evaluate_main) in-process: (exit status, its stderr lines)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run_cli(evaluate.main, [str(a) for a in argv])
+        run_cli(evaluate_main, [str(a) for a in argv])
     return e.value.code, capsys.readouterr().err.strip().splitlines()
 
 

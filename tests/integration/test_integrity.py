@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs import evaluate, generate, status
+from cejobs.cli import evaluate_main, generate_main, status_main
 from cejobs.cli import run_cli
 from cejobs.store.store import LEFTOVER_AGE_S, CEStore
 from tests.conftest import REPO
@@ -64,8 +64,8 @@ def one_error(err: str) -> str:
 def reference(tmp_path_factory) -> Path:
     """G, evaluated with one classifier: what every damaged store must become again."""
     store = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    assert generate.main([*G, "--store", str(store)]) == 0
-    assert evaluate.main(["--store", str(store), *CLF,
+    assert generate_main([*G, "--store", str(store)]) == 0
+    assert evaluate_main(["--store", str(store), *CLF,
                           "--out", str(store.with_suffix(".eval"))]) == 0
     return store
 
@@ -133,9 +133,9 @@ def test_damage_matrix(reference, copy, capsys, target, op):
     path = copy / TARGETS[target]
     DAMAGE[op](path)
 
-    code, out, err = cli(capsys, status.main, "--store", copy)
+    code, out, err = cli(capsys, status_main, "--store", copy)
     assert code in (0, 1)
-    code, out, err = cli(capsys, status.main, "--store", copy, "--verify")
+    code, out, err = cli(capsys, status_main, "--store", copy, "--verify")
     detected = target != "partial" and not (op == "delete" and "flag" in target)
     assert code == (1 if detected else 0), out + err
     if detected:
@@ -145,14 +145,14 @@ def test_damage_matrix(reference, copy, capsys, target, op):
     if target == "eval chunk":
         assert "eval/standard shard 1:" in out
 
-    code, out, err = cli(capsys, generate.main, *G, "--store", copy)
+    code, out, err = cli(capsys, generate_main, *G, "--store", copy)
     assert code == 0, err
-    code, out, err = cli(capsys, evaluate.main, "--store", copy, *CLF,
+    code, out, err = cli(capsys, evaluate_main, "--store", copy, *CLF,
                          "--out", copy.with_suffix(".eval"))
     assert code == 0, err
     assert_equal(arrays(reference, GEN_ARRAYS + EVAL_ARRAYS),
                  arrays(copy, GEN_ARRAYS + EVAL_ARRAYS))
-    code, out, err = cli(capsys, status.main, "--store", copy, "--verify")
+    code, out, err = cli(capsys, status_main, "--store", copy, "--verify")
     assert code == 0 and "all 3 done shards read back intact" in out, out + err
 
 
@@ -161,9 +161,9 @@ def test_damaged_root_metadata_is_one_line(copy, capsys):
     nothing is written."""
     _flip(copy / "zarr.json")
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
-    for main, argv in ((status.main, ["--store", copy, "--verify"]),
-                       (generate.main, [*G, "--store", copy]),
-                       (evaluate.main, ["--store", copy, *CLF])):
+    for main, argv in ((status_main, ["--store", copy, "--verify"]),
+                       (generate_main, [*G, "--store", copy]),
+                       (evaluate_main, ["--store", copy, *CLF])):
         code, out, err = cli(capsys, main, *argv)
         assert code == 2 and "root metadata" in one_error(err)
     assert before == {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
@@ -173,10 +173,10 @@ def test_damaged_root_metadata_is_one_line(copy, capsys):
 def test_bit_flip_fails_its_checksum_and_the_shard_is_redone(reference, copy, capsys):
     """One flipped byte in ce/x or ce/l2 fails its crc32c; generate redoes that shard."""
     _flip(copy / "ce/l2/c/2/0")
-    code, out, _ = cli(capsys, status.main, "--store", copy, "--verify")
+    code, out, _ = cli(capsys, status_main, "--store", copy, "--verify")
     assert code == 1 and "shard 2: unreadable chunk ce/l2/c/2/0 (fails its checksum)" in out
     assert CEStore.open(copy).done().tolist() == [True, True, False]
-    code, _, err = cli(capsys, generate.main, *G, "--store", copy)
+    code, _, err = cli(capsys, generate_main, *G, "--store", copy)
     assert code == 0 and "1 of 3 shards to run" in err
     assert_equal(arrays(reference, GEN_ARRAYS), arrays(copy, GEN_ARRAYS))
 
@@ -186,7 +186,7 @@ def test_damaged_eval_chunks_are_reevaluated(reference, copy, capsys):
     evaluate redoes it and reports the undamaged metrics."""
     (copy / "eval/standard/ce_prob/c/1/0/0").unlink()
     _truncate(copy / "eval/standard/source_prob/c/2/0")
-    code, out, err = cli(capsys, evaluate.main, "--store", copy, *CLF,
+    code, out, err = cli(capsys, evaluate_main, "--store", copy, *CLF,
                          "--out", copy.with_suffix(".eval"))
     assert code == 0 and "2 shard(s) to evaluate" in err, err
     assert "redo: eval/standard of shard(s) [1, 2]" in err
@@ -202,12 +202,12 @@ def test_evaluate_on_a_damaged_generation_chunk_says_what_to_do(reference, copy,
     _flip(copy / TARGETS["data chunk"])
     CEStore.open(copy).clear_done([1], "eval/standard")  # shard 1 not yet evaluated
     out = copy.with_suffix(".e")
-    code, _, err = cli(capsys, evaluate.main, "--store", copy, *CLF, "--out", out)
+    code, _, err = cli(capsys, evaluate_main, "--store", copy, *CLF, "--out", out)
     assert code == 1 and "shard 1: its generation chunks do not read back (a checksum fails)" \
         in err and "--verify, then generate" in err
-    assert cli(capsys, status.main, "--store", copy, "--verify")[0] == 1
-    assert cli(capsys, generate.main, *G, "--store", copy)[0] == 0
-    assert cli(capsys, evaluate.main, "--store", copy, *CLF, "--out", out)[0] == 0
+    assert cli(capsys, status_main, "--store", copy, "--verify")[0] == 1
+    assert cli(capsys, generate_main, *G, "--store", copy)[0] == 0
+    assert cli(capsys, evaluate_main, "--store", copy, *CLF, "--out", out)[0] == 0
     assert_equal(arrays(reference, GEN_ARRAYS + EVAL_ARRAYS),
                  arrays(copy, GEN_ARRAYS + EVAL_ARRAYS))
 
@@ -221,12 +221,12 @@ def test_resume_with_a_changed_dataset_is_refused(tmp_path, capsys):
     np.savez(npz, x=digits.pixels[:10].astype(np.float32) / 16, y=digits.labels[:10])
     store = tmp_path / "n.zarr"
     argv = [*G, "--dataset", npz, "--store", store]
-    code, _, err = cli(capsys, generate.main, *argv)
+    code, _, err = cli(capsys, generate_main, *argv)
     assert code == 0, err
     CEStore.open(store).clear_done([1])
     before = arrays(store, GEN_ARRAYS)
     np.savez(npz, x=1 - digits.pixels[:10].astype(np.float32) / 16, y=digits.labels[:10])
-    code, _, err = cli(capsys, generate.main, *argv)
+    code, _, err = cli(capsys, generate_main, *argv)
     assert code == 2 and "sources_sha256" in one_error(err)
     assert_equal(before, arrays(store, GEN_ARRAYS))
 
@@ -238,11 +238,11 @@ def test_dead_ray_address_fails_before_the_store(reference, tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     store = tmp_path / "r.zarr"
-    code, _, err = cli(capsys, generate.main, *G, "--store", store, "--backend", "ray",
+    code, _, err = cli(capsys, generate_main, *G, "--store", store, "--backend", "ray",
                        "--ray-address", f"127.0.0.1:{port}")
     assert code == 2 and "cannot reach the Ray cluster" in one_error(err)
     assert not store.exists()
-    code, _, err = cli(capsys, evaluate.main, "--store", reference, *CLF, "--backend", "ray",
+    code, _, err = cli(capsys, evaluate_main, "--store", reference, *CLF, "--backend", "ray",
                        "--ray-address", f"127.0.0.1:{port}", "--out", tmp_path / "e")
     assert code == 2 and "cannot reach the Ray cluster" in one_error(err)
     assert not (tmp_path / "e").exists()
@@ -254,7 +254,7 @@ def test_read_only_store_is_refused_up_front(reference, tmp_path, capsys):
         shutil.copytree(reference, store)
         CEStore.open(store).clear_done([2])
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-        code, _, err = cli(capsys, generate.main, *G, "--store", store)
+        code, _, err = cli(capsys, generate_main, *G, "--store", store)
         assert code == 2 and "Read-only file system" in one_error(err)
         assert "shards to run" not in err  # refused before any work
 
@@ -273,7 +273,7 @@ def test_second_driver_is_refused(reference, tmp_path, capsys):
         while 0 not in gate.waiting() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert 0 in gate.waiting(), "the first driver never reached shard 0"
-        code, _, err = cli(capsys, generate.main, *G, "--store", store)
+        code, _, err = cli(capsys, generate_main, *G, "--store", store)
         assert code == 2
         assert f"another generate driver is running on {store} (host" in one_error(err)
         assert f"pid {first.pid}" in err
@@ -296,7 +296,7 @@ def test_killed_driver_lease_is_taken_over(reference, tmp_path, capsys):
     (store / "leases").mkdir()
     (store / "leases/generate.json").write_text(
         f'{{"host": "{os.uname().nodename}", "pid": {dead.pid}, "since": 0, "token": "x"}}')
-    assert cli(capsys, generate.main, *G, "--store", store)[0] == 0
+    assert cli(capsys, generate_main, *G, "--store", store)[0] == 0
     assert_equal(arrays(reference, GEN_ARRAYS), arrays(store, GEN_ARRAYS))
 
 
@@ -322,23 +322,23 @@ def test_young_partial_of_another_writer_is_kept(copy):
 def test_bad_input_is_one_line_not_a_traceback(reference, copy, tmp_path, capsys, case):
     if case == "garbage array metadata":
         (copy / "ce/l0/zarr.json").write_text("garbage{")
-        code, out, err = cli(capsys, status.main, "--store", copy)
+        code, out, err = cli(capsys, status_main, "--store", copy)
         assert code == 0
-        code, out, err = cli(capsys, generate.main, *G, "--store", copy)
+        code, out, err = cli(capsys, generate_main, *G, "--store", copy)
         assert code == 0 and "ce/l0/zarr.json was damaged: rewritten" in err
     elif case == "truncated flag":
         _truncate(copy / "shard/done/c/2")
-        code, out, err = cli(capsys, status.main, "--store", copy)
+        code, out, err = cli(capsys, status_main, "--store", copy)
         assert code == 1 and "2/3 shards done" in out and "shard(s) [2]" in err
-        assert cli(capsys, generate.main, *G, "--store", copy)[0] == 0
+        assert cli(capsys, generate_main, *G, "--store", copy)[0] == 0
     elif case == "junk partial":
         (copy / "ce/x/c/junk.partial").write_bytes(b"junk")
-        code, out, err = cli(capsys, generate.main, *G, "--store", copy)
+        code, out, err = cli(capsys, generate_main, *G, "--store", copy)
         assert code == 0 and "nothing to do" in out and "kept leftover ce/x/c/junk.partial" in err
     elif case == "dangling symlink":
         link = tmp_path / "link.zarr"
         link.symlink_to(tmp_path / "nowhere" / "s.zarr")
-        code, _, err = cli(capsys, generate.main, *G, "--store", link)
+        code, _, err = cli(capsys, generate_main, *G, "--store", link)
         assert code == 2 and "symbolic link" in one_error(err)
     else:
         store = tmp_path / "new.zarr"
@@ -349,7 +349,7 @@ def test_bad_input_is_one_line_not_a_traceback(reference, copy, tmp_path, capsys
 
             if torch.cuda.is_available():
                 pytest.skip("CUDA is available here")
-        code, _, err = cli(capsys, generate.main, *G, *flags, "--store", store)
+        code, _, err = cli(capsys, generate_main, *G, *flags, "--store", store)
         assert code == 2 and not store.exists(), err
         one_error(err)
     if case in ("garbage array metadata", "truncated flag", "junk partial"):
@@ -372,11 +372,11 @@ def test_eval_leftover_causes_no_redo(copy, capsys):
     leftover = copy / "eval/standard/ce_prob/c/1/0/0.0123456789abcdef0123456789abcdef.partial"
     leftover.write_bytes(b"x")
     for _ in range(2):
-        code, out, err = cli(capsys, generate.main, *G, "--store", copy)
+        code, out, err = cli(capsys, generate_main, *G, "--store", copy)
         assert code == 0 and "nothing to do" in out and "redoing" not in err
     past = time.time() - LEFTOVER_AGE_S - 60
     os.utime(leftover, (past, past))
-    code, out, err = cli(capsys, generate.main, *G, "--store", copy)
+    code, out, err = cli(capsys, generate_main, *G, "--store", copy)
     assert code == 0 and "removed leftover" in err and not leftover.exists()
 
 
@@ -385,25 +385,25 @@ def test_full_disk_stops_at_the_first_failure(tmp_path, capsys):
     read back intact; the resume (with space) equals an uninterrupted run."""
     many = [*G, "--sources", "200", "--steps", "2"]
     ref = tmp_path / "ref.zarr"
-    assert cli(capsys, generate.main, *many, "--store", ref)[0] == 0
+    assert cli(capsys, generate_main, *many, "--store", ref)[0] == 0
     with tmpfs(tmp_path / "small", "1m") as mnt:
         store = mnt / "s.zarr"
-        code, out, err = cli(capsys, generate.main, *many, "--store", store)
+        code, out, err = cli(capsys, generate_main, *many, "--store", store)
         assert code == 2 and "No space left on device" in one_error(err)
         assert err.count("failed") == 0  # no shard after the first failure was tried
         done = CEStore.open(store).done()
         assert 0 < done.sum() < done.size
-        code, out, _ = cli(capsys, status.main, "--store", store, "--verify")
+        code, out, _ = cli(capsys, status_main, "--store", store, "--verify")
         assert code == 0 and "read back intact" in out
         shutil.copytree(store, tmp_path / "moved.zarr")
     moved = tmp_path / "moved.zarr"
-    assert cli(capsys, generate.main, *many, "--store", moved)[0] == 0
+    assert cli(capsys, generate_main, *many, "--store", moved)[0] == 0
     assert_equal(arrays(ref, GEN_ARRAYS), arrays(moved, GEN_ARRAYS))
 
 
 def test_full_disk_at_creation_is_one_line(tmp_path, capsys):
     with tmpfs(tmp_path / "tiny", "16k") as mnt:
-        code, _, err = cli(capsys, generate.main, *G, "--store", mnt / "s.zarr")
+        code, _, err = cli(capsys, generate_main, *G, "--store", mnt / "s.zarr")
         assert code == 2 and "No space left on device" in one_error(err)
         assert not (mnt / "s.zarr").exists()
 
@@ -418,7 +418,7 @@ def test_v1_store_status_verify_evaluate_and_resume(reference, tmp_path, capsys,
 
     path = tmp_path / "v1.zarr"
     monkeypatch.setattr(store_module, "COMPRESSORS", (ZstdCodec(level=0),))  # v1's codecs
-    assert generate.main([*G, "--store", str(path)]) == 0
+    assert generate_main([*G, "--store", str(path)]) == 0
     monkeypatch.undo()
     doc = json.loads((path / "zarr.json").read_text())
     attrs = doc["attributes"]["cejobs"]
@@ -427,15 +427,15 @@ def test_v1_store_status_verify_evaluate_and_resume(reference, tmp_path, capsys,
     (path / "zarr.json").write_text(json.dumps(doc))
     CEStore.open(path).clear_done([1])
 
-    code, out, _ = cli(capsys, status.main, "--store", path, "--verify")
+    code, out, _ = cli(capsys, status_main, "--store", path, "--verify")
     assert code == 0 and "checksums are not recorded in this store" in out
-    code, _, err = cli(capsys, generate.main, *G, "--store", path)
+    code, _, err = cli(capsys, generate_main, *G, "--store", path)
     assert code == 0 and "is a cejobs-store-v1 store" in err and "1 of 3 shards" in err
-    code, _, err = cli(capsys, evaluate.main, "--store", path, *CLF,
+    code, _, err = cli(capsys, evaluate_main, "--store", path, *CLF,
                        "--out", tmp_path / "v1.eval")
     assert code == 0, err
     assert_equal(arrays(reference, GEN_ARRAYS + EVAL_ARRAYS),
                  arrays(path, GEN_ARRAYS + EVAL_ARRAYS))
     (path / "ce/x/zarr.json").write_text("garbage")  # no copy to mend it from: one line
-    code, _, err = cli(capsys, generate.main, *G, "--store", path)
+    code, _, err = cli(capsys, generate_main, *G, "--store", path)
     assert code == 2 and "restore ce/x/zarr.json from a backup" in one_error(err)

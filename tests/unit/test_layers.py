@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "cejobs.array_task", "cejobs.cli", "cejobs.train.__main__",
                "cejobs.models.__main__", "cejobs.bench", "cejobs.bench_")),
     ("base", ("cejobs.errors", "cejobs.version", "cejobs.settings", "cejobs.threads",
-              "cejobs.devices", "cejobs.hosts")),
+              "cejobs.devices", "cejobs.hosts", "cejobs.slurm_env")),
     ("models", ("cejobs.models",)),
     ("method", ("cejobs.method",)),
     ("eval", ("cejobs.eval",)),

@@ -32,6 +32,7 @@ from cejobs.backends.base import OnResult, RunReport
 from cejobs.backends.ray.actors import ActorPlan, ShardActor, plan_actors
 from cejobs.backends.ray.cluster import check_address, connect, log, loss_reason, one_line
 from cejobs.backends.watchdog import describe, shard_timeout
+from cejobs.jobs.config import Resources
 from cejobs.jobs.results import ShardResult
 from cejobs.jobs.tasks import ShardTask
 
@@ -69,7 +70,7 @@ class RayBackend:
         self.shard_timeout = shard_timeout
 
     @classmethod
-    def from_config(cls, config) -> "RayBackend":
+    def from_config(cls, config: Resources) -> RayBackend:
         return cls(
             address=config.ray_address, workers=config.workers, threads=config.threads or 1,
             gpus_per_worker=config.gpus_per_worker, max_in_flight=config.max_in_flight or 2,

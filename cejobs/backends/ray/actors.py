@@ -84,7 +84,7 @@ class ShardActor:
         try:
             self.worker = task.job.make_worker(task, self.device, inputs)
         except Exception as e:  # reported by ready(): the backend retires this actor
-            from cejobs.store.store import StoreError
+            from cejobs.errors import StoreError
 
             hint = (" (the store must be on storage every node shares)"
                     if isinstance(e, StoreError) else "")
@@ -130,7 +130,7 @@ class ActorPlan:
 def plan_actors(resources: dict[str, float], *, workers: int, threads: int,
                 gpus_per_worker: float, device: str, shards: int) -> ActorPlan:
     """How many actors of which shape, from the cluster's resources and the run's flags."""
-    from cejobs.jobs.config import ConfigError
+    from cejobs.errors import ConfigError
 
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
     if device.startswith("cuda") and not gpus:

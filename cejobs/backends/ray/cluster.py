@@ -61,7 +61,7 @@ def gcs_reachable(target: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
 def check_address(address: str | None) -> None:
     """A given address (or RAY_ADDRESS) that does not answer within CONNECT_TIMEOUT_S is one
     line (ConfigError); checked before the store is touched."""
-    from cejobs.jobs.config import ConfigError
+    from cejobs.errors import ConfigError
 
     given = address or os.environ.get("RAY_ADDRESS") or None
     if given and given not in ("auto", "local") and "://" not in given \
@@ -83,7 +83,7 @@ def connect(address: str | None) -> str:
     the one private use, and without it the driver falls back to ray.init's own choice."""
     import ray
 
-    from cejobs.jobs.config import ConfigError
+    from cejobs.errors import ConfigError
 
     if ray.is_initialized():
         return "connected"

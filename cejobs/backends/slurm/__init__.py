@@ -9,10 +9,9 @@
   and turns newly done shards into results for the progress bar. It returns when every shard
   is done, or when no task of the array is left in the queue.
 - Time limits and preemption: submitit sends SIGUSR2 before the limit (`signal_delay_s`). The
-  task abandons its running shard (claim released, not done), then submitit's checkpoint
-  protocol (submitit.helpers.Checkpointable) requeues it; the requeued task continues from
-  the store. A task is requeued after a time-out at most `slurm_max_timeouts` times
-  (submitit's slurm_max_num_timeout; docs/operations.md).
+  task abandons its running shard (claim released, not done) and requeues itself as an sbatch
+  array task does (requeue.py, at most `slurm_max_timeouts` times); the requeued task runs the
+  same pickled callable again and continues from the store (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -26,37 +25,37 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from submitit.helpers import Checkpointable
 
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.backends.slurm.squeue import FINAL_STATES, read_queue
+from cejobs.jobs.config import Resources
 from cejobs.jobs.results import ShardResult
 from cejobs.jobs.tasks import ShardTask
 
 SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit
 
 
-class ClaimLoopJob(Checkpointable):
-    """The callable each array task runs: the claim loop. On SIGUSR2 submitit calls the
-    inherited `checkpoint`, which requeues this same object with the same arguments; the
-    requeued task continues from the store."""
+class ClaimLoopJob:
+    """The callable each array task runs: the claim loop. On SIGUSR2 the task abandons its
+    running shard, then requeues itself (requeue.py); submitit runs this same pickled object
+    again when the task restarts, and it continues from the store."""
 
-    def __init__(self, task: ShardTask, run: str, lease_s: float):
+    def __init__(self, task: ShardTask, run: str, lease_s: float, max_requeues: int):
         self.task, self.run, self.lease_s = task, run, lease_s
+        self.max_requeues = max_requeues
 
     def __call__(self, index: int):
         from cejobs.backends.slurm.claims import Owner
         from cejobs.backends.slurm.loop import Stopper, claim_loop
+        from cejobs.backends.slurm.requeue import requeue_self
 
-        # Our handler abandons the running shard first (releasing its claim); submitit's
-        # (checkpoint, requeue, exit) runs after. SIGTERM stays submitit's: it is ignored,
-        # as submitit expects SIGUSR2 to follow it on preemption.
-        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        # SIGUSR2 is ours (it replaces submitit's handler). SIGTERM stays submitit's: it is
+        # ignored, as submitit expects SIGUSR2 to follow it on preemption.
         stopper = Stopper().install((signal.SIGUSR2,))
         report = claim_loop(self.task, owner=Owner.current(self.run), lease_s=self.lease_s,
                             stopper=stopper, start=index)
-        if report.interrupted and callable(submitit_handler):
-            submitit_handler(signal.SIGUSR2, None)  # checkpoint, scontrol requeue, exit
+        if report.interrupted and stopper.reason == "SIGUSR2":
+            requeue_self(self.max_requeues)
         return {"done": report.done, "failed": report.failed, "interrupted": report.interrupted}
 
 
@@ -79,7 +78,7 @@ class SlurmBackend:
         timeout_min: int = 240,  # time limit per task; a requeued task gets it again
         array_parallelism: int = 64,  # tasks running at once at most
         max_retries: int = 3,  # retries of a shard whose worker was lost (loop.py)
-        max_timeouts: int = 1000,  # requeues of a task after a time-out or preemption
+        max_timeouts: int = 1000,  # requeues of a task (time-out, preemption) at most
         lease_s: float = 600.0,  # claim heartbeat age after which a claim is stale
         poll_s: float = 3.0,  # how often the driver reads the store and the queue
     ):
@@ -89,18 +88,20 @@ class SlurmBackend:
         self.max_timeouts, self.lease_s, self.poll_s = max_timeouts, lease_s, poll_s
 
     @classmethod
-    def from_config(cls, config) -> "SlurmBackend":
+    def from_config(cls, config: Resources) -> SlurmBackend:
         return cls(log_dir=config.slurm_log_dir, workers=config.workers,
                    partition=config.partition, gpus=config.slurm_gpus, cpus=config.slurm_cpus,
                    mem_gb=config.slurm_mem_gb, timeout_min=config.timeout_min,
                    array_parallelism=config.array_parallelism,
                    max_retries=config.max_retries, max_timeouts=config.slurm_max_timeouts)
 
+    def preflight(self) -> None:
+        """Nothing to check before the store: sbatch reports its own errors at submission."""
+
     def _executor(self, folder: Path, name: str):
         import submitit
 
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
-                                         slurm_max_num_timeout=self.max_timeouts)
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params = dict(name=name, timeout_min=self.timeout_min, cpus_per_task=self.cpus,
                       mem_gb=self.mem_gb, slurm_array_parallelism=self.array_parallelism,
                       slurm_signal_delay_s=SIGNAL_DELAY_S,
@@ -123,7 +124,8 @@ class SlurmBackend:
         run = f"submitit-{uuid.uuid4().hex[:12]}"
         count = self.workers or min(len(shards), self.array_parallelism)
         executor = self._executor(folder, f"cejobs-{task.kind}")
-        jobs = executor.map_array(ClaimLoopJob(task, run, self.lease_s), list(range(count)))
+        loop = ClaimLoopJob(task, run, self.lease_s, self.max_timeouts)
+        jobs = executor.map_array(loop, list(range(count)))
         array_id = jobs[0].job_id.split("_")[0]
         print(f"submitted array job {array_id} ({count} task(s)); logs in {folder}; "
               f"watch with: squeue -j {array_id}", file=sys.stderr)
@@ -136,7 +138,7 @@ class SlurmBackend:
         try:
             ended_polls = 0
             while True:
-                eligible, done = job.flags(store, task)
+                eligible, done = job.eligible_and_done(store, task)
                 new = sorted(s for s in wanted - reported if done[s])
                 if new:
                     started = store.read_rows(f"{job.timing_prefix(task)}/started_at")

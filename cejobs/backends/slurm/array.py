@@ -3,7 +3,7 @@
 `run_array_task(kind, argv)`: the job kind creates or opens the store(s) (creation is atomic,
 so every task may try); the first task of the array to get there submits the summary step
 (`--dependency=afterany:<array>`); then the task claims and runs shards until none is left
-(loop.py). SIGUSR2 abandons the running shard and requeues the task (`scontrol requeue`);
+(loop.py). SIGUSR2 abandons the running shard and requeues the task (requeue.py);
 SIGTERM does the same without requeue and exits 143.
 """
 
@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Callable
 
 from cejobs.backends.slurm.claims import Owner, claims_root, log
 from cejobs.backends.slurm.loop import Stopper, claim_loop
+from cejobs.backends.slurm.requeue import requeue_self
+from cejobs.slurm_env import current_job, submission_env
 
 if TYPE_CHECKING:
     from cejobs.jobs.tasks import ShardTask
@@ -28,18 +30,11 @@ EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + 15)
 SUMMARY_SBATCH = ["--ntasks=1", "--cpus-per-task=1", "--mem=4G", "--time=60"]
 
 
-def _sbatch_env() -> dict[str, str]:
-    """This environment minus the job's own SLURM_* variables (SLURM_CONF kept), so that a
-    job submitted from inside a task does not inherit the task's identity."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("SLURM_") or k == "SLURM_CONF"}
-
-
 def submit_summary(task: ShardTask, command: list[str], name: str) -> str | None:
     """Submit the final step once per array (the first task to get here wins); its job id."""
-    env = os.environ
-    array = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
-    if not array or env.get("CEJOBS_SUMMARY", "1") == "0":
+    job = current_job()
+    array = job.array
+    if not array or os.environ.get("CEJOBS_SUMMARY", "1") == "0":
         return None
     root = claims_root(task.store, task.job.namespace)
     root.mkdir(parents=True, exist_ok=True)
@@ -48,40 +43,27 @@ def submit_summary(task: ShardTask, command: list[str], name: str) -> str | None
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return None
-    workdir = env.get("SLURM_SUBMIT_DIR", os.getcwd())
+    workdir = job.submit_dir or os.getcwd()
     args = ["sbatch", "--parsable", f"--dependency=afterany:{array}", "--kill-on-invalid-dep=yes",
             f"--job-name={name}-summary", f"--chdir={workdir}",
             f"--output={Path(workdir) / f'{name}-summary-%j.out'}", *SUMMARY_SBATCH]
-    if env.get("SLURM_JOB_PARTITION"):
-        args.append(f"--partition={env['SLURM_JOB_PARTITION']}")
-    if env.get("SLURM_JOB_ACCOUNT"):
-        args.append(f"--account={env['SLURM_JOB_ACCOUNT']}")
-    args += shlex.split(env.get("CEJOBS_SUMMARY_SBATCH", ""))
+    if job.partition:
+        args.append(f"--partition={job.partition}")
+    if job.account:
+        args.append(f"--account={job.account}")
+    args += shlex.split(os.environ.get("CEJOBS_SUMMARY_SBATCH", ""))
     args += ["--wrap", shlex.join(command)]
-    proc = subprocess.run(args, capture_output=True, text=True, env=_sbatch_env(), timeout=120)
+    proc = subprocess.run(args, capture_output=True, text=True, env=submission_env(),
+                          timeout=120)
     with os.fdopen(fd, "w") as f:
         f.write(proc.stdout if proc.returncode == 0 else f"failed: {proc.stderr}")
     if proc.returncode != 0:
         log(f"could not submit the summary job: {proc.stderr.strip()}")
         return None
-    job = proc.stdout.strip().split(";")[0]
-    log(f"summary job {job} runs after array {array}: "
-        f"{Path(workdir) / f'{name}-summary-{job}.out'}")
-    return job
-
-
-def requeue_self() -> bool:
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        log("not in a SLURM job: nothing to requeue")
-        return False
-    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
-                          timeout=120)
-    if proc.returncode != 0:
-        log(f"scontrol requeue {job} failed: {proc.stderr.strip()}; resubmit to finish the rest")
-        return False
-    log(f"requeued job {job}: it continues from the store when it starts again")
-    return True
+    summary = proc.stdout.strip().split(";")[0]
+    log(f"summary job {summary} runs after array {array}: "
+        f"{Path(workdir) / f'{name}-summary-{summary}.out'}")
+    return summary
 
 
 def run_array_task(kind: str, prepare: Callable[[], tuple[list[ShardTask], list[str]]]) -> int:
@@ -92,8 +74,8 @@ def run_array_task(kind: str, prepare: Callable[[], tuple[list[ShardTask], list[
     log(f"{kind} task {owner.label}, run {owner.run}")
     tasks, summary = prepare()
     submit_summary(tasks[0], [sys.executable, "-m", "cejobs.array_task", *summary],
-                   os.environ.get("SLURM_JOB_NAME") or f"cejobs-{kind}")
-    start = int(os.environ.get("SLURM_ARRAY_TASK_ID") or 0)
+                   current_job().name or f"cejobs-{kind}")
+    start = int(current_job().array_task_id or 0)
     failed = 0
     for task in tasks:
         report = claim_loop(task, owner=owner, stopper=stopper, start=start)

@@ -39,6 +39,7 @@ from typing import Callable, Iterable
 
 from cejobs.backends.slurm.squeue import SlurmJobs
 from cejobs.hosts import host_label
+from cejobs.slurm_env import current_job
 
 CLAIMS_DIR = "claims"
 LEASE_S = 600.0  # a claim without a heartbeat for this long is stale
@@ -76,15 +77,9 @@ class Owner:
 
     @classmethod
     def current(cls, run: str | None = None) -> "Owner":
-        env = os.environ
-        job = env.get("SLURM_JOB_ID")
-        array, index = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-        return cls(
-            host=host_label(), pid=os.getpid(),
-            run=run or array or job or f"pid{os.getpid()}",
-            job=job, task=f"{array}_{index}" if array and index else None,
-            restart=int(env.get("SLURM_RESTART_COUNT") or 0),
-        )
+        job = current_job()
+        return cls(host=host_label(), pid=os.getpid(), run=run or job.array or f"pid{os.getpid()}",
+                   job=job.job_id, task=job.task, restart=job.restart_count)
 
     @property
     def label(self) -> str:

@@ -122,7 +122,7 @@ def _start_worker(task: ShardTask, threads: int, make_worker: Callable | None):
 def _finished_seconds(store, task: ShardTask) -> list[float]:
     """How long each done shard took, from the store's timing arrays (every task's)."""
     prefix = task.job.timing_prefix(task)
-    done = task.job.flags(store, task)[1]
+    done = task.job.eligible_and_done(store, task)[1]
     took = store.read_rows(f"{prefix}/finished_at") - store.read_rows(f"{prefix}/started_at")
     return [float(t) for t, d in zip(took, done) if d and not math.isnan(t)]
 
@@ -190,7 +190,7 @@ def claim_loop(
                 board.record_failure(shard, f"worker lost: {stale}")
             heartbeat.claim = claim
             try:
-                if job.flags(store, task)[1][shard]:
+                if job.eligible_and_done(store, task)[1][shard]:
                     continue  # finished by another task between our look and our claim
                 log(f"claimed shard {shard} ({owner.label})")
                 try:

@@ -16,7 +16,7 @@ from cejobs.store.repair import repair
 from cejobs.store.store import CEStore, create_eval_arrays, create_or_open
 from cejobs.jobs.tasks import ShardTask
 from cejobs.settings import ConfigError
-from cejobs.train.__main__ import parse_train_args
+from cejobs.cli import parse_train_args
 
 LAYOUT = Layout(num_sources=6, ces_per_source=2, num_classes=2, image_shape=(1, 2, 2),
                 shard_size=2)

@@ -6,10 +6,14 @@ import torch
 
 from cejobs.data import load_dataset
 from cejobs.models.checkpoint import load_checkpoint
-from cejobs.train.__main__ import run
+from functools import partial
+
+from cejobs.cli import exit_status, train_main
 from cejobs.train.classifier import pgd_l2
 from cejobs.train.common import stream_batch
 from tests.conftest import run_module
+
+run = partial(exit_status, train_main)
 
 
 @pytest.fixture(autouse=True, scope="module")

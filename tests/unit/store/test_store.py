@@ -14,7 +14,7 @@ from cejobs.store.repair import repair
 from cejobs.store.store import LEFTOVER_AGE_S, CEStore, StoreError, create_or_open
 from cejobs.jobs.kinds import KINDS
 from cejobs.jobs.tasks import ShardTask
-from cejobs.status import busy_time, store_status
+from cejobs.drivers.status import busy_time, store_status
 
 LAYOUT = Layout(num_sources=10, ces_per_source=6, num_classes=3, image_shape=(1, 4, 4),
                 shard_size=4)
