@@ -8,8 +8,7 @@ from typing import Any, Callable
 
 from cejobs.data import DatasetError
 from cejobs.models.checkpoint import CheckpointError
-from cejobs.store.storage import StorageError
-from cejobs.store.store import StoreError
+from cejobs.errors import StorageError, StoreError
 from cejobs.settings import ConfigError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, StoreError, StorageError)

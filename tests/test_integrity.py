@@ -20,7 +20,8 @@ import zarr
 
 from cejobs import evaluate, generate, status
 from cejobs.cli import run_cli
-from cejobs.store.store import LEFTOVER_AGE_S, CEStore
+from cejobs.store.format import LEFTOVER_AGE_S
+from cejobs.store.store import CEStore
 from tests.conftest import REPO
 from tests.gate import Gate
 
@@ -414,7 +415,7 @@ def test_v1_store_status_verify_evaluate_and_resume(reference, tmp_path, capsys,
     resume (allowed, with a note)."""
     from zarr.codecs import ZstdCodec
 
-    from cejobs.store import store as store_module
+    from cejobs.store import create as store_module
 
     path = tmp_path / "v1.zarr"
     monkeypatch.setattr(store_module, "COMPRESSORS", (ZstdCodec(level=0),))  # v1's codecs

@@ -30,7 +30,8 @@ from cejobs.backends.slurm.loop import Interrupted, Stopper
 from cejobs.backends.slurm.squeue import SlurmJobs
 from cejobs.jobs.kinds import pending_shards
 from cejobs.store.layout import Layout, generation_arrays
-from cejobs.store.store import CEStore, create_or_open
+from cejobs.store.create import create_or_open
+from cejobs.store.store import CEStore
 from cejobs.jobs.kinds import KINDS
 from cejobs.jobs.tasks import ShardTask
 from tests.conftest import REPO, run_module
@@ -128,7 +129,7 @@ def test_heartbeat_keeps_a_held_claim_fresh(tmp_path: Path) -> None:
     old = time.time() - 120
     os.utime(tmp_path / "0", (old, old))
     beat = Heartbeat(interval_s=0.05)
-    beat.claim = claim
+    beat.lease = claim
     try:
         deadline = time.monotonic() + 10
         while board.stale_reason(board.read(0)) is not None:
@@ -197,7 +198,7 @@ def test_stop_signal_abandons_a_computing_shard_but_not_a_commit(tmp_path: Path)
             store.write_shard(1, _shard_data())  # completes despite the signal
         assert stopper.reason == "SIGUSR2"
         assert store.done().tolist() == [False, True]
-        task = ShardTask(KINDS["generate"], str(store.path), {})
+        task = ShardTask(KINDS["generate"], str(store.storage), {})
         assert pending_shards(store, task) == [0]
     finally:
         signal.signal(signal.SIGUSR2, previous)
@@ -329,7 +330,7 @@ def test_sbatch_cancel_then_resubmit_runs_only_unfinished_shards(slurm_cluster: 
     cluster.wait(first, timeout=240)
     done_before = _done(store)
     assert 1 <= len(done_before) < SHARDS
-    assert not [p for p in claims_root(store, "shard").iterdir() if p.name.isdigit()], \
+    assert not [p for p in claims_root(store, "shard").local_folder.iterdir() if p.name.isdigit()], \
         "scancel's SIGTERM releases the running shard's claim"
     mtimes = _chunk_mtimes(store, done_before)
     summary = _summary_job(_task_logs(folder, first))  # afterany: runs after the cancel too

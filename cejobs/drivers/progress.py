@@ -30,7 +30,7 @@ class Progress:
             self.bar.set_postfix_str(f"{where}{rate:.2f} CE/s", refresh=False)
             self.bar.update(1)
         elif result.fatal:  # the storage refused a write: stop at the first one
-            from cejobs.store.store import StoreWriteError
+            from cejobs.errors import StoreWriteError
 
             raise StoreWriteError(f"{where}shard {result.shard}: {result.error}")
         else:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cejobs.jobs.methods import METHODS
-from cejobs.store.storage import ObjectPath, is_url, location
+from cejobs.store.location import location
+from cejobs.store.storage import Storage
 from cejobs.settings import ConfigError, identity_of, parse, setting, typed
 
 PRECISIONS = ("fp32", "bf16")
@@ -123,11 +124,11 @@ class GenerateConfig(Resources):
         every_method = {name for m in METHODS.values() for name in m.identity}
         return {k: v for k, v in identity_of(self).items() if k not in every_method - own}
 
-    def resolved_store(self) -> Path | ObjectPath:
+    def resolved_store(self) -> Storage:
         if self.store:
             return location(self.store)  # a path, file:// or an object-storage URL
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.dataset.removeprefix("store:")).stem)
-        return Path("runs") / f"{name}-{self.method}.zarr"
+        return location(Path("runs") / f"{name}-{self.method}.zarr")
 
     def resolved_model(self) -> Path:
         return Path(self.model) if self.model else REPO_DATA / "digits" / "diffusion.pt"
@@ -196,7 +197,7 @@ SLURM_STORES = ("the slurm backend needs the store on a filesystem every node mo
 def check_slurm_store(backend: str, stores: Sequence[str]) -> None:
     """SLURM's claim loop takes shards with hard links and renames on a shared filesystem;
     object storage is refused before any work (docs/store.md)."""
-    if backend == "slurm" and any(is_url(s) for s in stores):
+    if backend == "slurm" and not all(location(s).shares_links for s in stores):
         raise ConfigError(SLURM_STORES)
 
 

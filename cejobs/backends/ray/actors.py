@@ -84,7 +84,7 @@ class ShardActor:
         try:
             self.worker = task.job.make_worker(task, self.device, inputs)
         except Exception as e:  # reported by ready(): the backend retires this actor
-            from cejobs.store.store import StoreError
+            from cejobs.errors import StoreError
 
             hint = (" (the store must be on storage every node shares)"
                     if isinstance(e, StoreError) else "")
