@@ -20,6 +20,7 @@ import zarr
 
 from cejobs import evaluate, generate, status
 from cejobs.cli import run_cli
+from cejobs.hosts import process_identity
 from cejobs.store.format import LEFTOVER_AGE_S
 from cejobs.store.store import CEStore
 from tests.conftest import REPO
@@ -296,7 +297,7 @@ def test_finding_6_killed_driver_lease_is_taken_over(reference, tmp_path, capsys
     dead.wait()
     (store / "leases").mkdir()
     (store / "leases/generate.json").write_text(
-        f'{{"host": "{os.uname().nodename}", "pid": {dead.pid}, "since": 0, "token": "x"}}')
+        json.dumps({**process_identity(), "pid": dead.pid, "since": 0, "token": "x"}))
     assert cli(capsys, generate.main, *G, "--store", store)[0] == 0
     assert_equal(arrays(reference, GEN_ARRAYS), arrays(store, GEN_ARRAYS))
 
