@@ -44,7 +44,8 @@ def test_evaluate_kind_asks_the_store(tmp_path):
     store.write_shard(0, {}, prefix="eval/a")
     store.write_shard(0, {}, prefix="eval/b")
     store.write_shard(1, {}, prefix="eval/a")
-    task = ShardTask(KINDS["evaluate"], str(store.storage), EvaluateConfig(store=[str(store.storage)]),
+    where = str(store.storage)
+    task = ShardTask(KINDS["evaluate"], where, EvaluateConfig(store=[where]),
                      {"classifiers": {"a": {}, "b": {}}})
     job = task.job
     assert job is KINDS["evaluate"] and job.namespace == "eval"

@@ -101,7 +101,8 @@ def check_inputs(stores: list[CEStore], classifiers: list[Classifier], allow_par
             recorded = store.classifier_sha256(c.name)
             if recorded is not None and recorded != c.sha256:
                 raise ConfigError(
-                    f"{store.storage} already has {eval_prefix(c.name)} from a checkpoint with sha256 "
+                    f"{store.storage} already has {eval_prefix(c.name)} from a checkpoint with "
+                    f"sha256 "
                     f"{recorded[:12]}, but {c.path} has {c.sha256[:12]}; give it another name")
         done = store.done()
         if not done.any():

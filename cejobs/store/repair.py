@@ -111,7 +111,8 @@ def _mend_metadata(store: CEStore, scope: _Scope, rep: Repair) -> bool:
     for node, doc in scope.copies.items():
         key = f"{node}/zarr.json"
         try:
-            intact = store.storage.kind(key) == "file" and json.loads(store.storage.read(key)) == doc
+            intact = (store.storage.kind(key) == "file"
+                      and json.loads(store.storage.read(key)) == doc)
         except (OSError, ValueError):
             intact = False
         if not intact:

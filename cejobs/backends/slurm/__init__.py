@@ -119,8 +119,8 @@ class SlurmBackend:
 
         job = task.job
         store = CEStore.open(task.store)
-        folder = (Path(self.log_dir) if self.log_dir  # the store is a folder: check_slurm_store
-                  else store.storage.local_folder.with_name(f"{store.storage.name}.logs"))
+        # the store is a folder (check_slurm_store); its logs go beside it
+        folder = Path(self.log_dir or f"{store.storage.local_folder}.logs")
         run = f"submitit-{uuid.uuid4().hex[:12]}"
         count = self.workers or min(len(shards), self.array_parallelism)
         executor = self._executor(folder, f"cejobs-{task.kind}")

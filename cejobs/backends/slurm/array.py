@@ -56,7 +56,8 @@ def submit_summary(task: ShardTask, command: list[str], name: str) -> str | None
     args += shlex.split(env.get("CEJOBS_SUMMARY_SBATCH", ""))
     args += ["--wrap", shlex.join(command)]
     proc = subprocess.run(args, capture_output=True, text=True, env=_sbatch_env(), timeout=120)
-    root.write(marker, (proc.stdout if proc.returncode == 0 else f"failed: {proc.stderr}").encode())
+    said = proc.stdout if proc.returncode == 0 else f"failed: {proc.stderr}"
+    root.write(marker, said.encode())
     if proc.returncode != 0:
         log(f"could not submit the summary job: {proc.stderr.strip()}")
         return None
