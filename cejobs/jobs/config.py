@@ -194,7 +194,7 @@ SLURM_STORES = ("the slurm backend needs the store on a filesystem every node mo
                 "backends")
 
 
-def check_slurm_store(backend: str, stores: Sequence[str]) -> None:
+def check_slurm_store(backend: str, stores: Sequence[str | Storage]) -> None:
     """SLURM's claim loop takes shards with hard links and renames on a shared filesystem;
     object storage is refused before any work (docs/store.md)."""
     if backend == "slurm" and not all(location(s).shares_links for s in stores):
