@@ -92,7 +92,7 @@ def open_store(path: str | Path) -> StoreData:
                     and n not in ("ce/x", "ce/target", "ce/l2", "ce/l0"))
     for name in ["ce/target", "ce/l2", "ce/l0", *extras]:
         frame[name.removeprefix("ce/")] = store.read_rows(name)[rows].reshape(-1)
-    for name in store.eval_names():  # key methods: a folder, or a prefix in object storage
+    for name in store.eval_names():  # its storage: a folder, or a prefix in object storage
         if store.storage.kind(f"{eval_prefix(name)}/zarr.json") == "file":
             prefix = eval_prefix(name)
             prob = store.read_rows(f"{prefix}/ce_prob")[rows]  # (n, K, classes)
