@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from cejobs.store.objects import ObjectStorage
-from cejobs.store.storage import LocalStorage, Storage
+from cejobs.store.local import LocalStorage
+from cejobs.store.storage import Storage
 
 
 def location(text: str | os.PathLike | Storage) -> Storage:

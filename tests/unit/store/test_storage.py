@@ -14,7 +14,7 @@ import zarr
 from cejobs.errors import StoreError
 from cejobs.store.location import location
 from cejobs.store.objects import ObjectStorage
-from cejobs.store.storage import LocalStorage
+from cejobs.store.local import LocalStorage
 
 
 @pytest.fixture(params=["local", "s3"])
