@@ -54,8 +54,7 @@ def summarize(argv: list[str]) -> int:
         print(f"verify: all {done} done shards read back intact")
     print(format_status(store, store_status(store)))
     namespace = KINDS["generate"].namespace
-    root = claims_root(store.path, namespace)
-    failures = ClaimBoard(root, Owner.current()).failures() if root.is_dir() else {}
+    failures = ClaimBoard(claims_root(store.storage, namespace), Owner.current()).failures()
     for shard, errors in sorted(failures.items()):
         if not store.done()[shard]:
             print(f"shard {shard} failed {len(errors)} time(s); last error: "
@@ -65,9 +64,9 @@ def summarize(argv: list[str]) -> int:
         print(f"incomplete: {left} shard(s) not done; resubmit the same sbatch command to "
               f"finish them")
         return 1
-    remove_claims(store.path, namespace)
+    remove_claims(store.storage, namespace)
     print(f"complete: evaluate with: "
-          f"python -m cejobs.evaluate --store {shlex.quote(str(store.path))}")
+          f"python -m cejobs.evaluate --store {shlex.quote(str(store.storage))}")
     return 0
 
 

@@ -259,13 +259,13 @@ class _StoreCEPixels:
 def _store(name: str, split: str) -> ImageDataset:
     import zarr
 
-    from cejobs.store.storage import location, zarr_store
+    from cejobs.store.location import location
 
     path = location(name[len("store:"):])  # a path or an object-storage URL
     if not path.exists():
         raise DatasetError(f"store not found: {path}")
     try:
-        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        root = zarr.open_group(path.zarr_store(read_only=True), mode="r")
         ce_x, target = root["ce/x"], root["ce/target"]
         done = np.asarray(root["shard/done"][:]) if "shard" in root and "done" in root["shard"] else None
     except Exception as exc:

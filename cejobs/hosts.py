@@ -2,6 +2,11 @@
 
 HOST@ADDRESS:PID: hosts that share a name (containers, pods, network namespaces) differ by
 address, and two processes with the same pid on two such hosts differ by host label.
+
+A pid names a process only within its pid namespace and its boot, so `process_identity` also
+records the pid namespace (the inode of /proc/self/ns/pid) and the boot id: a lease holder's
+pid is checked (`holder_gone`) only when both match this process's; otherwise only the
+holder's heartbeat says whether it lives.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Any, Mapping
 
 
 def host_address() -> str | None:
@@ -36,3 +42,54 @@ def host_label() -> str:
 
 def worker_name() -> str:
     return f"{host_label()}:{os.getpid()}"
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot of this kernel ("" where Linux's /proc does not say)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace, e.g. "pid:[4026531836]" ("" where /proc does not say)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def process_identity() -> dict[str, Any]:
+    """Who this process is, as a lease or claim records it: host label, pid, boot, pid
+    namespace."""
+    return dict(host=host_label(), pid=os.getpid(), boot_id=boot_id(),
+                pid_ns=pid_namespace())
+
+
+def same_pid_space(holder: Mapping[str, Any]) -> bool:
+    """Whether `holder`'s pid names a process this one can see: the same host label, boot and
+    pid namespace (each known). Two containers that share a hostname and an address differ
+    by their pid namespace."""
+    return (holder.get("host") == host_label() and bool(boot_id()) and bool(pid_namespace())
+            and holder.get("boot_id") == boot_id() and holder.get("pid_ns") == pid_namespace())
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process `pid` exists in this pid namespace."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+def holder_gone(holder: Mapping[str, Any]) -> bool:
+    """Whether the process that `holder` (a `process_identity`) names is known to be gone: it
+    ran in this pid space, and its pid no longer exists. False when that can't be known."""
+    pid = holder.get("pid")
+    return (isinstance(pid, int) and pid > 0 and same_pid_space(holder)
+            and process_gone(pid))

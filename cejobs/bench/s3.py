@@ -91,7 +91,7 @@ def store_write_times(where, data: dict, layout) -> list[float]:
     """Seconds of each shard's write through the store (CEStore.write_shard), checked by
     reading every shard back."""
     from cejobs.store.layout import generation_arrays
-    from cejobs.store.store import create_or_open
+    from cejobs.store.create import create_or_open
 
     store = create_or_open(where, {}, layout, generation_arrays(), {})
     seconds = [store.write_shard(s, data) for s in range(layout.num_shards)]
@@ -106,7 +106,8 @@ def obstore_write_times(url: str, data: dict, layout) -> list[float]:
     from zarr.storage import ObjectStore
 
     from cejobs.store.layout import generation_arrays
-    from cejobs.store.store import WRITE_CONFIG, create_arrays
+    from cejobs.store.create import create_arrays
+    from cejobs.store.format import WRITE_CONFIG
 
     http = os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://")
     s3 = S3Store.from_url(url, client_options={"allow_http": http})
@@ -160,8 +161,8 @@ def bench_scale(args) -> dict:
     from cejobs.jobs.kinds import pending_shards
     from cejobs.store.repair import repair
     from cejobs.store.layout import Layout, generation_arrays
-    from cejobs.store.storage import ObjectPath, location
-    from cejobs.store.store import CEStore, create_or_open
+    from cejobs.store.create import create_or_open
+    from cejobs.store.store import CEStore
     from cejobs.jobs.kinds import KINDS
     from cejobs.jobs.tasks import ShardTask
     from cejobs.status import store_status
@@ -179,9 +180,7 @@ def bench_scale(args) -> dict:
                 arr[:] = (np.ones(arr.shape, dtype=arr.dtype) if name != "shard/started_at"
                           else np.zeros(arr.shape))
         populate = time.perf_counter() - t0
-        top = location(where)
-        objects = len(top.fs.find(top.key) if isinstance(top, ObjectPath)
-                      else [p for p in top.rglob("*") if p.is_file()])
+        objects = len(store.storage.keys())
         t0 = time.perf_counter()
         st = store_status(CEStore.open(where))
         status_s = time.perf_counter() - t0

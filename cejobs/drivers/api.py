@@ -103,10 +103,9 @@ def open_store(path: str | Path) -> StoreData:
     from cejobs.eval.metrics import distance_summary
     from cejobs.eval.report import StoreResult, distance_table
     from cejobs.store.layout import eval_prefix
-    from cejobs.store.storage import zarr_store
 
     store = CEStore.open(path)
-    tree = xr.open_datatree(zarr_store(store.path, read_only=True), engine="zarr",
+    tree = xr.open_datatree(store.storage.zarr_store(read_only=True), engine="zarr",
                             consolidated=False)
     lay = store.layout
     rows = np.flatnonzero(np.repeat(store.done(), lay.shard_size)[:lay.num_sources])
@@ -122,8 +121,8 @@ def open_store(path: str | Path) -> StoreData:
                     and n not in ("ce/x", "ce/target", "ce/l2", "ce/l0"))
     for name in ["ce/target", "ce/l2", "ce/l0", *extras]:
         frame[name.removeprefix("ce/")] = store.read_rows(name)[rows].reshape(-1)
-    for name in store.eval_names():  # key methods: a folder, or a prefix in object storage
-        if store.key_kind(f"{eval_prefix(name)}/zarr.json") == "file":
+    for name in store.eval_names():  # its storage: a folder, or a prefix in object storage
+        if store.storage.kind(f"{eval_prefix(name)}/zarr.json") == "file":
             prefix = eval_prefix(name)
             prob = store.read_rows(f"{prefix}/ce_prob")[rows]  # (n, K, classes)
             target = frame["target"].reshape(len(rows), k)
@@ -135,6 +134,6 @@ def open_store(path: str | Path) -> StoreData:
     summary = distance_summary(y, store.read_rows("ce/target"), store.read_rows("ce/l2"),
                                store.read_rows("ce/l0"), valid, num_classes=lay.num_classes,
                                shard_size=lay.shard_size)
-    label = store.path.name.removesuffix(".zarr")
-    distances = distance_table([StoreResult(label, summary, {}, str(store.path), {})])
+    label = store.storage.name.removesuffix(".zarr")
+    distances = distance_table([StoreResult(label, summary, {}, str(store.storage), {})])
     return StoreData(store, tree, ces, distances)

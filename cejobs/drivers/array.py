@@ -13,8 +13,8 @@ def prepare_generate(argv: list[str]) -> tuple[list[ShardTask], list[str]]:
     from cejobs.drivers.generate import prepare
 
     config = parse_generate_args(argv, prog="python -m cejobs.array_task generate")
-    check_slurm_store("slurm", [str(config.resolved_store())])
-    path = str(prepare(config).path.resolve())
+    check_slurm_store("slurm", [config.resolved_store()])
+    path = str(prepare(config).storage.resolve())
     return [ShardTask(KINDS["generate"], path, config)], ["summary", "--store", path]
 
 

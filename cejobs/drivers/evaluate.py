@@ -32,8 +32,10 @@ from cejobs.jobs.config import EvaluateConfig, parse_evaluate_args
 from cejobs.jobs.kinds import KINDS, pending_shards
 from cejobs.store.lease import DriverLease
 from cejobs.store.repair import repair
-from cejobs.store.storage import location
-from cejobs.store.store import CEStore, create_eval_arrays
+from cejobs.store.create import create_eval_arrays
+from cejobs.store.location import location
+from cejobs.store.storage import Storage
+from cejobs.store.store import CEStore
 from cejobs.jobs.tasks import ShardTask
 
 
@@ -42,7 +44,7 @@ class EvalJob:
     """A checked evaluation: what `prepare` returns; nothing written yet."""
 
     config: EvaluateConfig
-    paths: list[Path]  # the stores as given
+    paths: list[Storage]  # the stores as given
     stores: list[CEStore]
     labels: list[str]  # unique store labels for tables and figures
     classifiers: list[Classifier]
@@ -73,7 +75,7 @@ def create_tasks(job: EvalJob) -> list[ShardTask]:
     for store in job.stores:
         for name, spec in specs.items():
             create_eval_arrays(store, name, {"classifier": name, **spec})
-        tasks.append(ShardTask(KINDS["evaluate"], str(store.path.resolve()), job.config,
+        tasks.append(ShardTask(KINDS["evaluate"], str(store.storage.resolve()), job.config,
                                {"classifiers": specs}))
     return tasks
 
@@ -99,7 +101,7 @@ def _run(config: EvaluateConfig, job: EvalJob, backend) -> tuple[list[StoreResul
         for line in found.lines():
             print(line, file=sys.stderr)
         if found.damaged:
-            print(f"{store.path}: {found.summary()}", file=sys.stderr)
+            print(f"{store.storage}: {found.summary()}", file=sys.stderr)
         check_inputs([store], job.classifiers, config.allow_partial)  # generation damage
     tasks = create_tasks(job)
 

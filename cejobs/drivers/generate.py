@@ -23,7 +23,9 @@ from cejobs.store.layout import Layout, generation_arrays
 from cejobs.jobs.plan import make_plan
 from cejobs.store.lease import DriverLease
 from cejobs.store.repair import repair
-from cejobs.store.store import OLD_FORMATS, CEStore, create_or_open
+from cejobs.store.create import create_or_open
+from cejobs.store.format import OLD_FORMATS
+from cejobs.store.store import CEStore
 from cejobs.jobs.tasks import ShardTask
 
 
@@ -57,7 +59,7 @@ def prepare(config: GenerateConfig) -> CEStore:
     store = create_or_open(config.resolved_store(), identity, layout, arrays,
                            dict(config=config.to_dict(), kind="generate"))
     if store.format in OLD_FORMATS:
-        print(f"note: {store.path} is a {store.format} store (an older cejobs): it records no "
+        print(f"note: {store.storage} is a {store.format} store (an older cejobs): it records no "
               f"chunk checksums and no hash of the sources, so changed bytes or a changed "
               f"dataset file can't be detected in it", file=sys.stderr)
     return store
@@ -79,29 +81,29 @@ def _run(config: GenerateConfig, store: CEStore, backend: Backend) -> tuple[CESt
     if found.generation:
         print(f"redoing {len(found.generation)} damaged shard(s): {found.generation}",
               file=sys.stderr)
-    path = store.path
-    task = ShardTask(KINDS["generate"], str(path.resolve()), config)
+    where = store.storage
+    task = ShardTask(KINDS["generate"], str(where.resolve()), config)
     pending = pending_shards(store, task)
     if not pending:
-        print(f"store complete: {path} ({store.num_shards}/{store.num_shards} shards); "
+        print(f"store complete: {where} ({store.num_shards}/{store.num_shards} shards); "
               f"nothing to do")
-        print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(path))}")
+        print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(where))}")
         return store, 0
     print(f"{len(pending)} of {store.num_shards} shards to run on backend "
-          f"'{config.backend}' -> {path}", file=sys.stderr)
+          f"'{config.backend}' -> {where}", file=sys.stderr)
     progress = Progress(store.num_shards, config.progress, done=store.num_shards - len(pending))
     report = backend.run(task, pending, progress)
     seconds = progress.close()
     done = int(store.done().sum())
     rate = progress.ces / max(seconds, 1e-9)
     print(f"generated {progress.ces} CEs in {len(report.done)} shards, {seconds:.1f} s "
-          f"({rate:.2f} CE/s); {done}/{store.num_shards} shards done in {path}")
+          f"({rate:.2f} CE/s); {done}/{store.num_shards} shards done in {where}")
     for line in progress.errors:
         print(line, file=sys.stderr)
     if done < store.num_shards:
         print(f"incomplete: {store.num_shards - done} shard(s) not done; run the same command "
               f"to resume", file=sys.stderr)
         return store, 1
-    print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(path))}")
+    print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(where))}")
     return store, 0
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cejobs.store.store import STORE_FORMAT, CEStore
+from cejobs.store.format import STORE_FORMAT
+from cejobs.store.store import CEStore
 
 
 @dataclass
@@ -76,7 +77,7 @@ def format_duration(seconds: float | None) -> str:
 
 def format_status(store: CEStore, st: StoreStatus) -> str:
     pct = 100.0 * st.shards_done / max(st.shards_total, 1)
-    return (f"{store.path}: {st.shards_done}/{st.shards_total} shards done ({pct:.0f}%), "
+    return (f"{store.storage}: {st.shards_done}/{st.shards_total} shards done ({pct:.0f}%), "
             f"{st.ces_done}/{st.ces_total} CEs, {st.rate:.2f} CE/s, "
             f"ETA {format_duration(st.eta_seconds)}")
 

@@ -16,6 +16,7 @@ from cejobs.eval.report import StoreResult, accuracy_table, write_outputs
 from cejobs.jobs.eval_inputs import Classifier
 from cejobs.eval.intervals import N_RESAMPLES, SEED, Bootstrap
 from cejobs.store.layout import eval_prefix
+from cejobs.store.storage import Storage
 from cejobs.store.store import CEStore
 
 GRID_SOURCES = 8  # sources drawn in each store's CE grid
@@ -66,7 +67,7 @@ def evaluate_store(store: CEStore, label: str, classifiers: list[Classifier],
              "grid_rows": np.flatnonzero(gen_valid)[:GRID_SOURCES], "probs": probs,
              "arrays": StoreArrays(label, store.identity, store.read_rows("source/index"),
                                      y, t, l2, l0, gen_valid)}
-    return StoreResult(label, distances, per_clf, str(store.path), info), plots
+    return StoreResult(label, distances, per_clf, str(store.storage), info), plots
 
 
 def comparisons(plots: list[dict], n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict:
@@ -122,7 +123,7 @@ def draw_figures(out: Path, stores: list[CEStore], results: list[StoreResult],
     return [str(Path(p).relative_to(out)) for p in paths]
 
 
-def assemble(out: Path, paths: list[Path], stores: list[CEStore], labels: list[str],
+def assemble(out: Path, paths: list[Storage], stores: list[CEStore], labels: list[str],
              classifiers: list[Classifier], figures: bool) -> tuple[list[StoreResult], dict]:
     """One pass over every store: metrics, then summary.json, tables/*.csv, report.md and
     (when `figures`) figures/*.png under `out`. The results, and the written paths by name."""

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 from cejobs.jobs.methods import METHODS
 from cejobs.method.params import (DEFAULT_PRECISION, NET_PRECISIONS, RobustParams,
                                   SamplerParams)
-from cejobs.store.storage import ObjectPath, is_url, location
+from cejobs.store.location import location
+from cejobs.store.storage import Storage
 from cejobs.errors import ConfigError
 from cejobs.settings import identity_of, parse, setting, typed
 
@@ -139,11 +140,11 @@ class GenerateConfig(Resources):
         every_method = {name for m in METHODS.values() for name in m.identity}
         return {k: v for k, v in identity_of(self).items() if k not in every_method - own}
 
-    def resolved_store(self) -> Path | ObjectPath:
+    def resolved_store(self) -> Storage:
         if self.store:
             return location(self.store)  # a path, file:// or an object-storage URL
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(self.dataset.removeprefix("store:")).stem)
-        return Path("runs") / f"{name}-{self.method}.zarr"
+        return location(Path("runs") / f"{name}-{self.method}.zarr")
 
     def resolved_model(self) -> Path:
         return Path(self.model) if self.model else REPO_DATA / "digits" / "diffusion.pt"
@@ -209,10 +210,10 @@ SLURM_STORES = ("the slurm backend needs the store on a filesystem every node mo
                 "backends")
 
 
-def check_slurm_store(backend: str, stores: Sequence[str]) -> None:
+def check_slurm_store(backend: str, stores: Sequence[str | Storage]) -> None:
     """SLURM's claim loop takes shards with hard links and renames on a shared filesystem;
     object storage is refused before any work (docs/store.md)."""
-    if backend == "slurm" and any(is_url(s) for s in stores):
+    if backend == "slurm" and not all(location(s).shares_links for s in stores):
         raise ConfigError(SLURM_STORES)
 
 

@@ -11,7 +11,7 @@ from cejobs.errors import ConfigError, StoreError
 from cejobs.models.checkpoint import load_checkpoint
 from cejobs.jobs.config import REPO_DATA
 from cejobs.store.layout import eval_prefix
-from cejobs.store.storage import ObjectPath
+from cejobs.store.storage import Storage
 from cejobs.store.store import CEStore
 
 SHIPPED_DIGITS = REPO_DATA / "digits"  # classifier-<name>.pt: the default classifiers on digits
@@ -61,15 +61,15 @@ def root_dataset(store: CEStore, depth: int = 0) -> str:
     return name
 
 
-def default_out(store_path: Path | ObjectPath) -> Path:
+def default_out(store: Storage) -> Path:
     """runs/x.zarr -> runs/x.eval (x.eval beside a store without the .zarr suffix); for a
     store in object storage, runs/x.eval under the current folder."""
-    stem = store_path.name.removesuffix(".zarr")
-    parent = Path("runs") if isinstance(store_path, ObjectPath) else store_path.parent
+    stem = store.name.removesuffix(".zarr")
+    parent = store.local_folder.parent if store.local_folder is not None else Path("runs")
     return parent / f"{stem}.eval"
 
 
-def store_labels(paths: list[Path]) -> list[str]:
+def store_labels(paths: list[Storage]) -> list[str]:
     """Unique labels: folder names without .zarr, prefixed by their parent on a clash."""
     labels = [p.name.removesuffix(".zarr") for p in paths]
     for i, p in enumerate(paths):
@@ -96,20 +96,21 @@ def check_inputs(stores: list[CEStore], classifiers: list[Classifier], allow_par
             if c.image_shape != tuple(lay.image_shape) or c.num_classes != lay.num_classes:
                 raise ConfigError(
                     f"classifier {c.name} ({c.path}) is for images {c.image_shape} with "
-                    f"{c.num_classes} classes, but {store.path} has {tuple(lay.image_shape)} "
+                    f"{c.num_classes} classes, but {store.storage} has {tuple(lay.image_shape)} "
                     f"with {lay.num_classes} classes")
             recorded = store.classifier_sha256(c.name)
             if recorded is not None and recorded != c.sha256:
                 raise ConfigError(
-                    f"{store.path} already has {eval_prefix(c.name)} from a checkpoint with sha256 "
+                    f"{store.storage} already has {eval_prefix(c.name)} from a checkpoint with "
+                    f"sha256 "
                     f"{recorded[:12]}, but {c.path} has {c.sha256[:12]}; give it another name")
         done = store.done()
         if not done.any():
-            raise ConfigError(f"{store.path} has no finished shard (0 of {done.size}); "
+            raise ConfigError(f"{store.storage} has no finished shard (0 of {done.size}); "
                               f"run python -m cejobs.generate first")
         if not done.all() and not allow_partial:
             raise ConfigError(
-                f"{store.path} is incomplete ({int(done.sum())} of {done.size} shards done); "
+                f"{store.storage} is incomplete ({int(done.sum())} of {done.size} shards done); "
                 f"finish it with python -m cejobs.generate, or pass --allow-partial")
 
 

@@ -66,7 +66,7 @@ class EvaluateWorker:
         except Exception as e:  # noqa: BLE001 - damaged generation chunks (e.g. checksum)
             why = "a checksum fails" if "checksum" in str(e) else type(e).__name__
             raise ShardError(f"shard {shard}: its generation chunks do not read back ({why}); "
-                             f"run python -m cejobs.status --store {self.store.path} --verify, "
+                             f"run python -m cejobs.status --store {self.store.storage} --verify, "
                              f"then generate, to redo it") from None
         n, k = ce_x.shape[:2]
         images = np.concatenate([source_x, ce_x.reshape(n * k, *ce_x.shape[2:])]

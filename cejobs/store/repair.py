@@ -22,7 +22,8 @@ import numpy as np
 
 from cejobs.store.layout import EVAL_ARRAYS, eval_prefix
 from cejobs.errors import StoreError
-from cejobs.store.store import LEFTOVER_AGE_S, CEStore, write_error
+from cejobs.store.format import LEFTOVER_AGE_S, write_error
+from cejobs.store.store import CEStore
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _scopes(store: CEStore, rep: Repair) -> list[_Scope]:
         prefix = eval_prefix(name)
         attrs = store.group_attrs(prefix)
         if attrs is None:
-            store.remove_key(prefix)
+            store.storage.remove(prefix)
             rep.removed.append(prefix)
             rep.findings.append(Finding(f"{prefix}/zarr.json is damaged: removed {prefix}; "
                                         f"evaluate redoes that classifier"))
@@ -101,7 +102,7 @@ def _mend_metadata(store: CEStore, scope: _Scope, rep: Repair) -> bool:
                 if scope.prefix == "shard":
                     raise StoreError(f"{e}. This store ({store.format}) keeps no copy of it: "
                                      f"restore {name}/zarr.json from a backup") from None
-                store.remove_key(scope.prefix)
+                store.storage.remove(scope.prefix)
                 rep.removed.append(scope.prefix)
                 rep.findings.append(Finding(f"{name}/zarr.json is damaged: removed "
                                             f"{scope.prefix}; evaluate redoes that classifier"))
@@ -110,11 +111,12 @@ def _mend_metadata(store: CEStore, scope: _Scope, rep: Repair) -> bool:
     for node, doc in scope.copies.items():
         key = f"{node}/zarr.json"
         try:
-            intact = store.key_kind(key) == "file" and json.loads(store.read_key(key)) == doc
+            intact = (store.storage.kind(key) == "file"
+                      and json.loads(store.storage.read(key)) == doc)
         except (OSError, ValueError):
             intact = False
         if not intact:
-            store.write_key(key, json.dumps(doc, indent=2).encode())
+            store.storage.write(key, json.dumps(doc, indent=2).encode())
             rep.rewritten.append(key)
             rep.findings.append(Finding(f"{key} was damaged: rewritten from the copy in the "
                                         f"group's attributes"))
@@ -124,10 +126,10 @@ def _mend_metadata(store: CEStore, scope: _Scope, rep: Repair) -> bool:
 
 def _chunk_problem(store: CEStore, name: str, shard: int, decode: bool) -> str | None:
     key = store.chunk_key(name, shard)
-    kind = store.key_kind(key)
+    kind = store.storage.kind(key)
     if kind != "file":
         return f"missing chunk {key}" if kind == "missing" else f"chunk {key} is a {kind}"
-    if store.key_size(key) == 0:
+    if store.storage.size(key) == 0:
         return f"empty chunk {key}"
     if decode:
         arr = store.array(name)
@@ -161,9 +163,9 @@ def repair(store: CEStore, *, decode: bool = False, decode_eval: bool | None = N
             bad: dict[int, list[str]] = {s: [f"flag chunk {store.chunk_key(flag, s)} does not "
                                              f"read back: counted as not done"]
                                          for s in store.damaged_flags.get(scope.prefix, [])}
-            with store.listing():  # on object storage: one LIST, not a HEAD per chunk
+            with store.storage.listing():  # on object storage: one LIST, not a HEAD per chunk
                 for s in range(len(done)):  # zarr reads a folder in a chunk's place as missing
-                    kind = store.key_kind(store.chunk_key(flag, s))
+                    kind = store.storage.kind(store.chunk_key(flag, s))
                     if kind not in ("file", "missing"):
                         bad.setdefault(s, []).append(f"flag chunk {store.chunk_key(flag, s)} "
                                                      f"is a {kind}: counted as not done")
@@ -176,18 +178,18 @@ def repair(store: CEStore, *, decode: bool = False, decode_eval: bool | None = N
                 rep.findings += [Finding(p, scope.prefix, shard) for p in problems]
                 for name in scope.arrays:
                     key = store.chunk_key(name, shard)
-                    if store.key_kind(key) not in ("file", "missing"):
-                        store.remove_key(key)  # a folder where a chunk belongs
+                    if store.storage.kind(key) not in ("file", "missing"):
+                        store.storage.remove(key)  # a folder where a chunk belongs
             store.clear_done(sorted(bad), scope.prefix)
             rep.cleared[scope.prefix] = sorted(bad)
-        for key, age in store.leftovers():
+        for key, age in store.storage.leftovers():
             if age > LEFTOVER_AGE_S:
-                store.remove_key(key)
+                store.storage.remove(key)
                 rep.findings.append(Finding(f"removed leftover {key} (a write that died)"))
             else:
                 rep.findings.append(Finding(f"kept leftover {key} ({age:.0f} s old: a writer "
                                             f"may be using it; removed once older than "
                                             f"{LEFTOVER_AGE_S:.0f} s)"))
     except OSError as e:
-        raise write_error(store.path, e) from None
+        raise write_error(store.storage, e) from None
     return rep

@@ -165,7 +165,7 @@ def test_sbatch_cancel_then_resubmit_runs_only_unfinished_shards(slurm_cluster: 
     cluster.wait(first, timeout=240)
     done_before = _done(store)
     assert 1 <= len(done_before) < SHARDS
-    assert not [p for p in claims_root(store, "shard").iterdir() if p.name.isdigit()], \
+    assert not [p for p in (store / "claims/shard").iterdir() if p.name.isdigit()], \
         "scancel's SIGTERM releases the running shard's claim"
     mtimes = _chunk_mtimes(store, done_before)
     summary = _summary_job(_task_logs(folder, first))  # afterany: runs after the cancel too
@@ -309,7 +309,7 @@ def test_submitit_backend_survives_preemption_and_equals_local_run(slurm_cluster
                 return None
             for shard in gate.waiting():
                 try:
-                    return json.loads((claims / str(shard)).read_text())["task"]
+                    return json.loads(claims.read(str(shard)))["task"]
                 except (OSError, ValueError, KeyError):
                     continue
             return None

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.store.store import LEFTOVER_AGE_S, CEStore
+from cejobs.store.format import LEFTOVER_AGE_S
+from cejobs.store.store import CEStore
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 

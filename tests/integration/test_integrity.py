@@ -20,7 +20,9 @@ import zarr
 
 from cejobs.cli import evaluate_main, generate_main, status_main
 from cejobs.cli import run_cli
-from cejobs.store.store import LEFTOVER_AGE_S, CEStore
+from cejobs.hosts import process_identity
+from cejobs.store.format import LEFTOVER_AGE_S
+from cejobs.store.store import CEStore
 from tests.conftest import REPO
 from tests.gate import Gate
 
@@ -295,7 +297,7 @@ def test_killed_driver_lease_is_taken_over(reference, tmp_path, capsys):
     dead.wait()
     (store / "leases").mkdir()
     (store / "leases/generate.json").write_text(
-        f'{{"host": "{os.uname().nodename}", "pid": {dead.pid}, "since": 0, "token": "x"}}')
+        json.dumps({**process_identity(), "pid": dead.pid, "since": 0, "token": "x"}))
     assert cli(capsys, generate_main, *G, "--store", store)[0] == 0
     assert_equal(arrays(reference, GEN_ARRAYS), arrays(store, GEN_ARRAYS))
 
@@ -414,7 +416,7 @@ def test_v1_store_status_verify_evaluate_and_resume(reference, tmp_path, capsys,
     resume (allowed, with a note)."""
     from zarr.codecs import ZstdCodec
 
-    from cejobs.store import store as store_module
+    from cejobs.store import create as store_module
 
     path = tmp_path / "v1.zarr"
     monkeypatch.setattr(store_module, "COMPRESSORS", (ZstdCodec(level=0),))  # v1's codecs

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from cejobs.store.storage import location, zarr_store
+from cejobs.store.location import location
 from tests.conftest import REPO, run_module
 from tests.gate import Gate
 from tests.s3_fixtures import BUCKET, clean_env
@@ -28,7 +28,7 @@ NAMES = ("source/x", "source/y", "source/index", "ce/x", "ce/target", "ce/l2", "
 
 def s3_arrays(url: str, *names: str) -> dict[str, np.ndarray]:
     """Arrays of a store in the bucket (the caller has the s3_env fixture)."""
-    g = zarr.open_group(zarr_store(location(url), read_only=True), mode="r")
+    g = zarr.open_group(location(url).zarr_store(read_only=True), mode="r")
     return {name: np.asarray(g[name][:]) for name in names or NAMES}
 
 
@@ -155,7 +155,8 @@ def test_creation_race_loser_writes_nothing(s3_env, tiny_models):
     that comes second is refused and writes nothing; one with the same configuration whose
     rival died before writing the arrays' metadata writes it."""
     from cejobs.store.layout import Layout, generation_arrays
-    from cejobs.store.store import StoreError, create_group_atomically, create_or_open
+    from cejobs.errors import StoreError
+    from cejobs.store.create import create_group_atomically, create_or_open
 
     url = s3_env.url("race-unit/run.zarr")
     layout = Layout(4, 2, 2, (1, 8, 8), 2)

@@ -120,7 +120,8 @@ class SlurmBackend:
 
         job = task.job
         store = CEStore.open(task.store)
-        folder = Path(self.log_dir) if self.log_dir else Path(f"{task.store}.logs")
+        # the store is a folder (check_slurm_store); its logs go beside it
+        folder = Path(self.log_dir or f"{store.storage.local_folder}.logs")
         run = f"submitit-{uuid.uuid4().hex[:12]}"
         count = self.workers or min(len(shards), self.array_parallelism)
         executor = self._executor(folder, f"cejobs-{task.kind}")
@@ -130,7 +131,7 @@ class SlurmBackend:
         print(f"submitted array job {array_id} ({count} task(s)); logs in {folder}; "
               f"watch with: squeue -j {array_id}", file=sys.stderr)
 
-        board = ClaimBoard(claims_root(task.store, job.namespace), Owner.current(run))
+        board = ClaimBoard(claims_root(store.storage, job.namespace), Owner.current(run))
         layout = store.layout
         wanted = set(shards)
         report = RunReport()
@@ -170,7 +171,7 @@ class SlurmBackend:
             subprocess.run(["scancel", "--state=PENDING", array_id], capture_output=True,
                            timeout=60)
             if not pending_shards(store, task):
-                remove_claims(task.store, job.namespace)
+                remove_claims(store.storage, job.namespace)
         else:
             errors = _job_errors(jobs) + [
                 e[-1].strip().splitlines()[0] for _, e in sorted(board.failures(run).items())]

@@ -37,11 +37,8 @@ def submit_summary(task: ShardTask, command: list[str], name: str) -> str | None
     if not array or os.environ.get("CEJOBS_SUMMARY", "1") == "0":
         return None
     root = claims_root(task.store, task.job.namespace)
-    root.mkdir(parents=True, exist_ok=True)
-    marker = root / f"summary.{array}"
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    marker = f"summary.{array}"
+    if not root.create(marker, b""):  # another task of the array submitted it
         return None
     workdir = job.submit_dir or os.getcwd()
     args = ["sbatch", "--parsable", f"--dependency=afterany:{array}", "--kill-on-invalid-dep=yes",
@@ -55,8 +52,8 @@ def submit_summary(task: ShardTask, command: list[str], name: str) -> str | None
     args += ["--wrap", shlex.join(command)]
     proc = subprocess.run(args, capture_output=True, text=True, env=submission_env(),
                           timeout=120)
-    with os.fdopen(fd, "w") as f:
-        f.write(proc.stdout if proc.returncode == 0 else f"failed: {proc.stderr}")
+    said = proc.stdout if proc.returncode == 0 else f"failed: {proc.stderr}"
+    root.write(marker, said.encode())
     if proc.returncode != 0:
         log(f"could not submit the summary job: {proc.stderr.strip()}")
         return None

@@ -53,7 +53,7 @@ class Stopper:
 
     Between shards the loop just ends. While a shard computes, Interrupted is raised to
     abandon it: its claim is released and it is not done. While a shard commits
-    (`cejobs.store.store.COMMIT` is active), the commit finishes first and the loop ends after it.
+    (`cejobs.store.commit.COMMIT` is active), the commit finishes first and the loop ends after it.
     """
 
     def __init__(self) -> None:
@@ -69,7 +69,7 @@ class Stopper:
         self.reason = self.reason or reason
 
     def _handle(self, signum: int, frame) -> None:
-        from cejobs.store.store import COMMIT
+        from cejobs.store.commit import COMMIT
 
         self.request(signal.Signals(signum).name)
         if self._computing and not COMMIT.active:
@@ -84,7 +84,7 @@ class Stopper:
             return None
 
         def handle(signum, frame) -> None:
-            from cejobs.store.store import COMMIT
+            from cejobs.store.commit import COMMIT
 
             if self._computing and not COMMIT.active:  # a commit in progress finishes
                 self._computing = False
@@ -152,7 +152,7 @@ def claim_loop(
     stopper = stopper or Stopper()
     job, config = task.job, task.config
     store = CEStore.open(task.store)
-    board = ClaimBoard(claims_root(task.store, job.namespace), owner, lease_s)
+    board = ClaimBoard(claims_root(store.storage, job.namespace), owner, lease_s)
     report = LoopReport()
     worker = None
     skip: set[int] = set()  # failed here: left to other tasks or a later run
@@ -188,7 +188,7 @@ def claim_loop(
             if stale:
                 log(f"took over shard {shard}: {stale}")
                 board.record_failure(shard, f"worker lost: {stale}")
-            heartbeat.claim = claim
+            heartbeat.lease = claim
             try:
                 if job.eligible_and_done(store, task)[1][shard]:
                     continue  # finished by another task between our look and our claim
@@ -221,7 +221,7 @@ def claim_loop(
                     skip.add(shard)
                     log(f"shard {shard} failed: {result.error.strip().splitlines()[0]}")
             finally:
-                heartbeat.claim = None
+                heartbeat.lease = None
                 claim.release()
         if stopper.reason and report.interrupted is None:
             report.interrupted = stopper.reason

@@ -26,7 +26,8 @@ from cejobs.backends.slurm.squeue import SlurmJobs
 from cejobs.jobs.kinds import KINDS, pending_shards
 from cejobs.jobs.tasks import ShardTask
 from cejobs.store.layout import Layout, generation_arrays
-from cejobs.store.store import CEStore, create_or_open
+from cejobs.store.create import create_or_open
+from cejobs.store.store import CEStore
 from tests.conftest import REPO
 
 
@@ -112,7 +113,7 @@ def test_heartbeat_keeps_a_held_claim_fresh(tmp_path: Path) -> None:
     old = time.time() - 120
     os.utime(tmp_path / "0", (old, old))
     beat = Heartbeat(interval_s=0.05)
-    beat.claim = claim
+    beat.lease = claim
     try:
         deadline = time.monotonic() + 10
         while board.stale_reason(board.read(0)) is not None:
@@ -181,7 +182,7 @@ def test_stop_signal_abandons_a_computing_shard_but_not_a_commit(tmp_path: Path)
             store.write_shard(1, _shard_data())  # completes despite the signal
         assert stopper.reason == "SIGUSR2"
         assert store.done().tolist() == [False, True]
-        task = ShardTask(KINDS["generate"], str(store.path), {})
+        task = ShardTask(KINDS["generate"], str(store.storage), {})
         assert pending_shards(store, task) == [0]
     finally:
         signal.signal(signal.SIGUSR2, previous)
@@ -229,7 +230,7 @@ def test_a_task_abandons_a_shard_whose_claim_was_taken_over(tmp_path):
     try:
         mine = ClaimBoard(tmp_path, Owner("here", 1, run="r")).try_claim(0)
         beat = Heartbeat(interval_s=0.05, on_lost=on_lost)
-        beat.claim = mine
+        beat.lease = mine
         other = ClaimBoard(tmp_path, Owner("there", 2, run="r"))
         with pytest.raises(Abandoned), stopper.computing():
             threading.Thread(target=lambda: other.take_over(other.read(0))).start()

@@ -13,7 +13,8 @@ from cejobs.jobs.config import EvaluateConfig, GenerateConfig, parse_evaluate_ar
 from cejobs.jobs.kinds import KINDS, pending_shards
 from cejobs.store.layout import Layout, generation_arrays
 from cejobs.store.repair import repair
-from cejobs.store.store import CEStore, create_eval_arrays, create_or_open
+from cejobs.store.create import create_eval_arrays, create_or_open
+from cejobs.store.store import CEStore
 from cejobs.jobs.tasks import ShardTask
 from cejobs.settings import ConfigError
 from cejobs.cli import parse_train_args
@@ -43,13 +44,14 @@ def test_evaluate_kind_asks_the_store(tmp_path):
     store.write_shard(0, {}, prefix="eval/a")
     store.write_shard(0, {}, prefix="eval/b")
     store.write_shard(1, {}, prefix="eval/a")
-    task = ShardTask(KINDS["evaluate"], str(store.path), EvaluateConfig(store=[str(store.path)]),
+    where = str(store.storage)
+    task = ShardTask(KINDS["evaluate"], where, EvaluateConfig(store=[where]),
                      {"classifiers": {"a": {}, "b": {}}})
     job = task.job
     assert job is KINDS["evaluate"] and job.namespace == "eval"
     assert pending_shards(store, task) == [1]  # shard 2 is not generated; shard 0 is evaluated
     assert (job.timing_prefix(task), job.ce_factor(task)) == ("eval/a", 2)
-    generate = ShardTask(KINDS["generate"], str(store.path), GenerateConfig())
+    generate = ShardTask(KINDS["generate"], str(store.storage), GenerateConfig())
     assert pending_shards(store, generate) == [2]
     assert store.classifier_sha256("b") == "b" * 64 and store.classifier_sha256("c") is None
     # the typed config travels with the task (Ray and submitit pickle it)

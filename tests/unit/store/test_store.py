@@ -11,7 +11,10 @@ from cejobs.jobs.methods import METHODS
 from cejobs.jobs.kinds import pending_shards
 from cejobs.store.layout import Layout, generation_arrays
 from cejobs.store.repair import repair
-from cejobs.store.store import LEFTOVER_AGE_S, CEStore, StoreError, create_or_open
+from cejobs.errors import StoreError
+from cejobs.store.create import create_or_open
+from cejobs.store.format import LEFTOVER_AGE_S
+from cejobs.store.store import CEStore
 from cejobs.jobs.kinds import KINDS
 from cejobs.jobs.tasks import ShardTask
 from cejobs.drivers.status import busy_time, store_status
@@ -22,7 +25,7 @@ IDENTITY = {"method": "boltzmann", "w": 15.0, "model_sha256": "ab" * 32}
 
 
 def _pending(store):
-    return pending_shards(store, ShardTask(KINDS["generate"], str(store.path), None))
+    return pending_shards(store, ShardTask(KINDS["generate"], str(store.storage), None))
 
 
 def _make(path, identity=IDENTITY, robust=False):
@@ -47,7 +50,7 @@ def _shard_data(shard, value):
 
 def test_contract(tmp_path):
     store = _make(tmp_path / "s.zarr")
-    g = zarr.open_group(str(store.path), mode="r")
+    g = zarr.open_group(str(store.storage), mode="r")
     expected = {
         "source/x": ((10, 1, 4, 4), "float32", ("source", "channel", "height", "width")),
         "source/y": ((10,), "int64", ("source",)),

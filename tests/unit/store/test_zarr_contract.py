@@ -18,7 +18,9 @@ import numpy as np
 
 from cejobs.store.layout import Layout, generation_arrays
 from cejobs.store.repair import repair
-from cejobs.store.store import LEFTOVER_AGE_S, CEStore, create_or_open
+from cejobs.store.create import create_or_open
+from cejobs.store.format import LEFTOVER_AGE_S
+from cejobs.store.store import CEStore
 from tests.conftest import REPO
 
 LAYOUT = Layout(num_sources=4, ces_per_source=2, num_classes=2, image_shape=(1, 2, 2),
