@@ -101,11 +101,16 @@ def build_precond(init_kwargs: dict, state_dict: dict[str, Tensor], where: str) 
         raise CheckpointError(f"{where}: bad VPPrecond arguments ({e})") from e
     except CheckpointError as e:
         raise CheckpointError(f"{where}: {e}") from e
-    missing, unexpected = precond.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
+    expected = precond.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state_dict)
+                         if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong_shape:
         raise CheckpointError(
-            f"{where}: weights do not fit the network (missing {list(missing)[:3]}, "
-            f"unexpected {list(unexpected)[:3]})")
+            f"{where}: weights do not fit the network (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, other shape {wrong_shape[:3]})")
+    precond.load_state_dict(state_dict)
     return precond.eval()
 
 
@@ -153,9 +158,11 @@ def write_edm_folder(out: Path, init_kwargs: dict, state_dict: dict[str, Tensor]
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     config = {"format": FORMAT, "class": "VPPrecond", "init_kwargs": init_kwargs}
-    for name, write in ((WEIGHTS_FILE, lambda p: save_file(tensors, p)),
-                        (CONFIG_FILE, lambda p: Path(p).write_text(
-                            json.dumps(config, indent=2, sort_keys=True) + "\n"))):
-        partial = out / f".{name}.partial"
-        write(str(partial))
-        os.replace(partial, out / name)
+    config_partial = out / f".{CONFIG_FILE}.partial"
+    weights_partial = out / f".{WEIGHTS_FILE}.partial"
+    config_partial.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, str(weights_partial))
+    # safetensors writes 0600; give the weights the mode the umask gave the config
+    os.chmod(weights_partial, config_partial.stat().st_mode & 0o777)
+    os.replace(weights_partial, out / WEIGHTS_FILE)
+    os.replace(config_partial, out / CONFIG_FILE)  # last: the folder is complete

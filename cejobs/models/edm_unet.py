@@ -77,7 +77,8 @@ class Conv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True,
                  up: bool = False, down: bool = False, resample_filter=(1, 1)):
         super().__init__()
-        self.in_channels, self.out_channels, self.up, self.down = in_channels, out_channels, up, down
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.up, self.down = up, down
         shape = (out_channels, in_channels, kernel, kernel)
         self.weight = nn.Parameter(torch.empty(shape)) if kernel else None
         self.bias = nn.Parameter(torch.empty(out_channels)) if kernel and bias else None
@@ -153,8 +154,8 @@ class UNetBlock(nn.Module):
         return x
 
     def _attend(self, x: Tensor) -> Tensor:
-        """Softmax attention with logits and softmax in at least fp32. EDM orders the qkv conv's output
-        channels (channel, q/k/v): channel c of q, k, v is output 3c, 3c + 1, 3c + 2."""
+        """Softmax attention, logits and softmax in at least fp32. EDM orders the qkv conv's
+        output channels (channel, q/k/v): channel c of q, k, v is output 3c, 3c + 1, 3c + 2."""
         b, c, height, width = x.shape
         q, k, v = self.qkv(x).reshape(b, c, 3, height * width).unbind(2)
         wide = torch.promote_types(q.dtype, torch.float32)
