@@ -42,6 +42,16 @@ UNET_DEFAULTS = {
     "resample_filter": [1, 1],
 }
 
+# VPPrecond's arguments in EDM's CIFAR10 VP networks (EDM train.py: --arch=ddpmpp, --precond=vp,
+# augmentation on); label_dim 10 for the conditional one, 0 for the unconditional one.
+CIFAR10_VP_KWARGS = {
+    "img_resolution": 32, "img_channels": 3, "use_fp16": False, "model_type": "SongUNet",
+    "augment_dim": 9, "model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4,
+    "attn_resolutions": [16], "dropout": 0.13, "embedding_type": "positional",
+    "channel_mult_noise": 1, "encoder_type": "standard", "decoder_type": "standard",
+    "resample_filter": [1, 1],
+}
+
 
 def check_unet_kwargs(kwargs: dict) -> None:
     """Refuse, in one line, SongUNet arguments cejobs does not build."""

@@ -10,6 +10,7 @@ from cejobs.errors import CheckpointError
 from cejobs.method.sde import VPSDE
 from cejobs.models.checkpoint import file_sha256
 from cejobs.models.edm import EDMEps, build_precond, is_edm_folder, load_edm, write_edm_folder
+from cejobs.models.edm_unet import CIFAR10_VP_KWARGS, VPPrecond
 from tests.edm_fixtures import golden, golden_network
 
 NAMES = ("cond", "uncond")
@@ -52,6 +53,18 @@ def test_adapter_is_the_network_with_mapped_inputs(name):
         direct = eps.precond.model(x, 999 * t, _one_hot(labels, eps.num_classes))
     assert torch.equal(out, direct)
     torch.testing.assert_close(out, tensors[f"{name}.raw"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("label_dim, parameters, entries", [(10, 55_735_299, 427),
+                                                            (0, 55_733_891, 425)])
+def test_cifar10_vp_network_has_edm_size(label_dim, parameters, entries):
+    """EDM's code builds these CIFAR10 VP networks with the same parameter counts and
+    state_dict entries (counted with EDM's training/networks.py when the golden file was
+    made; the names and shapes of all entries were equal too)."""
+    with torch.device("meta"):
+        net = VPPrecond(label_dim=label_dim, **CIFAR10_VP_KWARGS)
+    assert sum(p.numel() for p in net.parameters()) == parameters
+    assert len(net.state_dict()) == entries
 
 
 def test_edm_alpha_is_cejobs_vp_alpha():
