@@ -1,5 +1,6 @@
-"""The command lines: `python -m cejobs.generate | evaluate | status | train` and the console
-scripts `cejobs-generate | -evaluate | -status | -train` (pyproject.toml) all run the mains here.
+"""The command lines: `python -m cejobs.generate | evaluate | status | train | models` and
+the console scripts `cejobs-generate | -evaluate | -status | -train` (pyproject.toml) all run
+the mains here.
 
 Each `*_main(argv)` parses its arguments, runs the driver and returns the exit status; it
 raises a `cejobs.errors.CejobsError` on bad input. `run_cli` turns that error into one line,
@@ -146,3 +147,43 @@ def train_console() -> None:
     """The `cejobs-train` console script (Ctrl-C keeps its traceback: training resumes from a
     checkpoint with --resume, not by repeating the command)."""
     run_cli(train_main, interrupted=None)
+
+
+# ----------------------------------------------------------------------------- models
+def build_models_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cejobs.models", description="Tools for diffusion models from elsewhere.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    convert = sub.add_parser("convert", help="convert a network into a folder cejobs loads")
+    formats = convert.add_subparsers(dest="format", required=True)
+    edm = formats.add_parser(
+        "edm", help="an EDM (NVlabs/edm) VP network pickle -> edm.json + model.safetensors",
+        description="Convert an EDM VP network pickle (VPPrecond around SongUNet) into "
+                    "OUT/edm.json and OUT/model.safetensors. Needs EDM's code importable "
+                    "(torch_utils, dnnlib on PYTHONPATH).")
+    edm.add_argument("pickle", help="EDM's network pickle (e.g. edm-cifar10-32x32-cond-vp.pkl)")
+    edm.add_argument("out", help="folder to write (created; must not hold a network)")
+    edm.add_argument("--trust-pickle", action="store_true",
+                     help="acknowledge that unpickling runs the code inside the file")
+    return parser
+
+
+def models_main(argv: list[str] | None = None) -> int:
+    """`python -m cejobs.models convert edm IN.pkl OUT/ --trust-pickle`."""
+    from pathlib import Path
+
+    from cejobs.models.edm_convert import convert_edm_pickle
+
+    args = build_models_parser().parse_args(argv)
+    init_kwargs = convert_edm_pickle(Path(args.pickle), Path(args.out),
+                                     trust_pickle=args.trust_pickle)
+    label_dim = init_kwargs.get("label_dim", 0)
+    print(f"wrote {args.out}: EDM VP network, {init_kwargs.get('img_channels')}x"
+          f"{init_kwargs.get('img_resolution')}x{init_kwargs.get('img_resolution')}, "
+          + (f"{label_dim} classes" if label_dim else "unconditional"))
+    return 0
+
+
+def models_console() -> None:
+    """`python -m cejobs.models`."""
+    run_cli(models_main, interrupted=None)
