@@ -83,6 +83,15 @@ class ClassifierTrainConfig(TrainSettings):
     ce_label: str = setting("target", "with --with-ces: label a CE with its target class or its "
                             "source's label", choices=CE_LABELS, identity=True)
 
+    def identity(self) -> dict:
+        """The settings a resume must repeat; the CE ones only when CEs are mixed in, so a run
+        without CEs has the settings of a run made before they existed."""
+        settings = super().identity()
+        if not self.with_ces:
+            for name in ("with_ces", "ce_fraction", "ce_label"):
+                settings.pop(name, None)
+        return settings
+
 
 def pgd_l2(
     model: nn.Module,

@@ -261,3 +261,13 @@ def test_with_ces_bad_input_exits_2(small_npz, ce_store, tmp_path, capsys):
                 "--batch-size", "8"]) == 2
     assert "leaves no CEs or no training images" in capsys.readouterr().err
     assert run([*base, "--with-ces", str(ce_store), "--ce-fraction", "1"]) == 2
+
+
+def test_ce_settings_are_identity_only_with_ces():
+    """A run without CEs repeats the settings of resume files written before --with-ces."""
+    from cejobs.train.classifier import ClassifierTrainConfig
+
+    assert not {"with_ces", "ce_fraction", "ce_label"} & set(ClassifierTrainConfig().identity())
+    with_ces = ClassifierTrainConfig(with_ces="runs/a.zarr").identity()
+    assert (with_ces["with_ces"], with_ces["ce_fraction"], with_ces["ce_label"]) == (
+        "runs/a.zarr", 0.25, "target")
