@@ -1,7 +1,8 @@
 """cejobs: counterfactual-example datasets from a class-conditional diffusion model.
 
 The Python API runs the same code as the CLIs (cejobs.drivers.api):
-`cejobs.generate(...)`, `cejobs.open_store(path)`, `cejobs.evaluate(...)`.
+`cejobs.generate(...)`, `cejobs.open_store(path)`, `cejobs.evaluate(...)`, and a store's CEs
+as a torch Dataset, `cejobs.CEDataset(path)` (cejobs.ce_dataset).
 """
 
 from cejobs.threads import passive_openmp_default
@@ -10,7 +11,8 @@ passive_openmp_default()  # before any cejobs module loads torch (cejobs/threads
 
 from cejobs.version import __version__  # noqa: E402
 
-API = ("generate", "evaluate", "open_store")
+API = {"generate": "cejobs.drivers.api", "evaluate": "cejobs.drivers.api",
+       "open_store": "cejobs.drivers.api", "CEDataset": "cejobs.ce_dataset"}
 
 
 def __getattr__(name: str):
@@ -20,7 +22,7 @@ def __getattr__(name: str):
     if name in API:
         import importlib
 
-        return getattr(importlib.import_module("cejobs.drivers.api"), name)
+        return getattr(importlib.import_module(API[name]), name)
     raise AttributeError(f"module 'cejobs' has no attribute {name!r}")
 
 
@@ -28,4 +30,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *API])
 
 
-__all__ = ["__version__", "generate", "open_store", "evaluate"]
+__all__ = ["__version__", "generate", "open_store", "evaluate", "CEDataset"]

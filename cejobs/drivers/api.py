@@ -91,9 +91,50 @@ class StoreData:
     """A store as labelled data."""
 
     store: CEStore
-    tree: Any  # xarray.DataTree: every array, lazily read, with its dimension names
+    tree: Any  # xarray.DataTree: every array, lazily read, labelled (see `labelled_tree`)
     ces: pd.DataFrame  # one row per CE of the done shards, with its distances (and eval probs)
     distances: pd.DataFrame  # L2 and L0 quantiles per CE group (same, different, all classes)
+
+
+def variable_order(names: list[str], prefix: str) -> list[str]:
+    """Variables of the group `prefix` in docs/store.md's order (then the rest by name), so
+    the view is the same whatever order the storage lists its keys in."""
+    from cejobs.store.layout import EVAL_ARRAYS, generation_arrays
+
+    known = [n.removeprefix(f"{prefix}/") for n in generation_arrays() if n.startswith(prefix)]
+    if prefix.startswith("eval/"):
+        known = list(EVAL_ARRAYS)
+    return [n for n in known if n in names] + sorted(n for n in names if n not in known)
+
+
+def labelled_tree(store: CEStore, tree: Any) -> Any:
+    """The store's DataTree with labels on the CEs, and its variables in a stable order.
+
+    The `ce` group's `ce` dimension is indexed by (`target`, `replicate`): CE k of every source
+    was guided to class k // per_class (docs/store.md), so `tree["ce"].x.sel(target=3)` is
+    every source's CEs towards class 3, dims (source, replicate, ...). Its `source` dimension
+    has the coordinates `source_index` (the index in the dataset split) and `label` (the
+    source's class). ce/target, being that index broadcast over sources, is the `target`
+    coordinate rather than a variable. Nothing is read but the sources' labels and indices."""
+    import xarray as xr
+
+    lay = store.layout
+    per_class = lay.ces_per_source // lay.num_classes
+    nodes = {}
+    for node in tree.subtree:
+        prefix = node.path.strip("/")
+        data = node.to_dataset(inherit=False)
+        if prefix == "ce":
+            ce_index = pd.MultiIndex.from_arrays(
+                [np.repeat(np.arange(lay.num_classes), per_class),
+                 np.tile(np.arange(per_class), lay.num_classes)], names=["target", "replicate"])
+            data = data.drop_vars("target").assign_coords(
+                xr.Coordinates.from_pandas_multiindex(ce_index, "ce"))
+            data = data.assign_coords(source_index=("source", store.read_rows("source/index")),
+                                      label=("source", store.read_rows("source/y")))
+        order = variable_order(list(data.data_vars), prefix)
+        nodes[node.path] = data[order] if order else data
+    return xr.DataTree.from_dict(nodes)
 
 
 def open_store(path: str | Path) -> StoreData:
@@ -105,8 +146,8 @@ def open_store(path: str | Path) -> StoreData:
     from cejobs.store.layout import eval_prefix
 
     store = CEStore.open(path)
-    tree = xr.open_datatree(store.storage.zarr_store(read_only=True), engine="zarr",
-                            consolidated=False)
+    tree = labelled_tree(store, xr.open_datatree(store.storage.zarr_store(read_only=True),
+                                                 engine="zarr", consolidated=False))
     lay = store.layout
     rows = np.flatnonzero(np.repeat(store.done(), lay.shard_size)[:lay.num_sources])
     k = lay.ces_per_source

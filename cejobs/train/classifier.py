@@ -13,6 +13,8 @@ datasets, one radius for every model (tables 1-2: PGD(8, 0.5) on cifar10, PGD(8,
 the eps = 0 model included); elsewhere (digits) the model's own training eps. The PGD step rule
 (2.5 eps / steps), the absence of a random start and the extra 20-step attack are our choices:
 the paper does not state them.
+`--with-ces STORE` mixes a store's CEs into every batch, standard or adversarial
+(cejobs/train/ce_mixing.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import save_checkpoint
 from cejobs.devices import resolve_device
 from cejobs.settings import setting
+from cejobs.train.ce_mixing import CE_LABELS, CEMix
 from cejobs.train.common import (
     TrainError,
     TrainSettings,
@@ -73,6 +76,21 @@ class ClassifierTrainConfig(TrainSettings):
     out: str = setting("runs/classifier.pt", "output checkpoint; resume state goes to OUT.resume.pt")
     save_every: int = setting(10, "write OUT.resume.pt every this many epochs and at the end (0: never)", ge=0)
     resume: str | None = setting(None, "continue from this resume file (same settings; a larger --epochs extends)")
+    with_ces: str | None = setting(None, "mix the CEs of this store (path or URL) into every batch",
+                                   identity=True)
+    ce_fraction: float = setting(0.25, "with --with-ces: fraction of each batch that is CEs",
+                                 identity=True, gt=0, lt=1)
+    ce_label: str = setting("target", "with --with-ces: label a CE with its target class or its "
+                            "source's label", choices=CE_LABELS, identity=True)
+
+    def identity(self) -> dict:
+        """The settings a resume must repeat; the CE ones only when CEs are mixed in, so a run
+        without CEs has the settings of a run made before they existed."""
+        settings = super().identity()
+        if not self.with_ces:
+            for name in ("with_ces", "ce_fraction", "ce_label"):
+                settings.pop(name, None)
+        return settings
 
 
 def pgd_l2(
@@ -268,13 +286,20 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         if cfg.precision == "bf16" else nullcontext()
     )
+    mix = None
+    if cfg.with_ces:
+        mix = CEMix(cfg.with_ces, cfg.ce_fraction, cfg.ce_label, cfg.seed, cfg.batch_size,
+                    train.image_shape, train.num_classes)
+    real_batch = cfg.batch_size if mix is None else mix.real_batch  # training images per step
     n = len(train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = math.ceil(n / real_batch)
     n_params = sum(p.numel() for p in model.parameters())
     tqdm.write(
         f"classifier: {cfg.dataset} ({n} train, {len(test)} {cfg.eval_split}), WRN {cfg.preset} "
         f"{n_params / 1e6:.2f}M params, dropout {dropout}, eps {cfg.eps}, augment {augment}, "
         f"epochs {start_epoch}..{cfg.epochs} on {device}"
+        + (f", {len(mix)} CEs of {cfg.with_ces} as {cfg.ce_fraction:g} of each batch "
+           f"(labelled {cfg.ce_label})" if mix is not None else "")
     )
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
                disable=not cfg.progress, dynamic_ncols=True, desc="classifier")
@@ -283,9 +308,12 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
         t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         model.train()
         for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = _augment(train.images(idx), augment, aug_gen).to(device, memory_format=memory_format)
-            y = torch.as_tensor(train.labels[idx], device=device)
+            idx = order[b * real_batch:(b + 1) * real_batch]
+            x, y = train.images(idx), torch.as_tensor(train.labels[idx])
+            if mix is not None:
+                x, y = mix.add(x, y, step=epoch * steps_per_epoch + b)
+            x = _augment(x, augment, aug_gen).to(device, memory_format=memory_format)
+            y = y.to(device)
             if cfg.eps > 0:
                 x = pgd_l2(model, x, y, cfg.eps, cfg.pgd_steps, cfg.pgd_step_size)
             with autocast:
@@ -294,9 +322,9 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
+            seen += len(y)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_sum / seen:.4f}  "

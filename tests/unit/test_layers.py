@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("method", ("cejobs.method",)),
     ("eval", ("cejobs.eval",)),
     ("store", ("cejobs.store",)),
-    ("data", ("cejobs.data",)),
+    ("data", ("cejobs.data", "cejobs.ce_dataset")),
     ("jobs", ("cejobs.jobs", "cejobs.train")),
     ("backends", ("cejobs.backends",)),
     ("drivers", ("cejobs.drivers",)),

@@ -195,3 +195,79 @@ def test_diffusion_flips_cifar10_only_and_resumes_with_them(tmp_path):
     _diffusion(tmp_path / "plain.pt", 5)  # the flips change the training
     plain, flipped = _state(tmp_path / "plain.pt"), _state(tmp_path / "full.pt")
     assert any(not torch.equal(plain[k], flipped[k]) for k in plain)
+
+
+@pytest.fixture(scope="module")
+def ce_store(tmp_path_factory):
+    from tests.ce_fixtures import write_ce_store
+
+    path = tmp_path_factory.mktemp("ces") / "ces.zarr"
+    write_ce_store(path)
+    return path
+
+
+def test_classifier_with_ces_learns_and_resumes_bit_identically(small_npz, ce_store, tmp_path,
+                                                                 capsys):
+    import re
+
+    ces = ["--with-ces", str(ce_store), "--ce-fraction", "0.25", "--eps", "0", "--dropout", "0",
+           "--augment", "none", "--lr", "0.01", "--batch-size", "16", "--eval-eps", "0.5"]
+    _classifier(small_npz, tmp_path / "full.pt", 4, *ces)
+    out = capsys.readouterr().out
+    assert "120 CEs of" in out and "as 0.25 of each batch (labelled target)" in out
+    losses = [float(v) for v in re.findall(r"epoch \d/4  loss ([\d.]+)", out)]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    ck = load_checkpoint(tmp_path / "full.pt")
+    assert ck.meta["train"]["with_ces"] == str(ce_store) and ck.meta["train"]["ce_label"] == "target"
+
+    _classifier(small_npz, tmp_path / "part.pt", 2, *ces)
+    _classifier(small_npz, tmp_path / "part.pt", 4, *ces, "--resume", str(tmp_path / "part.pt.resume.pt"))
+    _assert_same_weights(_state(tmp_path / "full.pt"), _state(tmp_path / "part.pt"))
+    part = load_checkpoint(tmp_path / "part.pt")
+    for k, v in ck.model.named_buffers():
+        assert torch.equal(v, dict(part.model.named_buffers())[k]), k
+
+
+def test_ce_mix_batches_hold_the_fraction_drawn_by_step(ce_store):
+    from cejobs.ce_dataset import CEDataset
+    from cejobs.train.ce_mixing import CEMix
+
+    data = CEDataset(ce_store, select="all")
+    mix = CEMix(str(ce_store), 0.25, "target", seed=0, batch_size=32, image_shape=(1, 8, 8),
+                num_classes=10)
+    assert (mix.per_batch, mix.real_batch, len(mix)) == (8, 24, len(data))
+    x, y = torch.zeros(24, 1, 8, 8), torch.full((24,), -1)
+    bx, by = mix.add(x, y, step=5)
+    assert bx.shape == (32, 1, 8, 8) and (by[:24] == -1).all()
+    again_x, again_y = mix.add(x, y, step=5)
+    assert torch.equal(bx, again_x) and torch.equal(by, again_y)
+    assert not torch.equal(mix.add(x, y, step=6)[0], bx)
+    pick = [int(np.flatnonzero((data.images(np.arange(len(data))) == img).flatten(1).all(1))[0])
+            for img in bx[24:]]
+    assert by[24:].tolist() == data.targets[pick].tolist()
+    assert len(set(pick)) == 8  # without replacement within a step
+    assert mix.add(x[:6], y[:6], step=0)[1].shape == (8,)  # a short batch: 6 images, 2 CEs
+    by_source = CEMix(str(ce_store), 0.25, "source", seed=0, batch_size=32,
+                      image_shape=(1, 8, 8), num_classes=10)
+    assert by_source.add(x, y, step=5)[1][24:].tolist() == data.source_labels[pick].tolist()
+
+
+def test_with_ces_bad_input_exits_2(small_npz, ce_store, tmp_path, capsys):
+    base = ["classifier", "--dataset", str(small_npz), "--preset", "tiny", "--epochs", "1",
+            "--no-progress", "--device", "cpu", "--out", str(tmp_path / "c.pt")]
+    assert run([*base, "--with-ces", str(tmp_path / "none.zarr")]) == 2
+    assert "no cejobs store at" in capsys.readouterr().err
+    assert run([*base, "--with-ces", str(ce_store), "--ce-fraction", "0.01",
+                "--batch-size", "8"]) == 2
+    assert "leaves no CEs or no training images" in capsys.readouterr().err
+    assert run([*base, "--with-ces", str(ce_store), "--ce-fraction", "1"]) == 2
+
+
+def test_ce_settings_are_identity_only_with_ces():
+    """A run without CEs repeats the settings of resume files written before --with-ces."""
+    from cejobs.train.classifier import ClassifierTrainConfig
+
+    assert not {"with_ces", "ce_fraction", "ce_label"} & set(ClassifierTrainConfig().identity())
+    with_ces = ClassifierTrainConfig(with_ces="runs/a.zarr").identity()
+    assert (with_ces["with_ces"], with_ces["ce_fraction"], with_ces["ce_label"]) == (
+        "runs/a.zarr", 0.25, "target")
