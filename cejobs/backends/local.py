@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 from cejobs.backends.base import OnResult, RunReport
 from cejobs.jobs.results import run_shard_safely
 from cejobs.jobs.tasks import ShardTask
-from cejobs.threads import set_threads
+from cejobs.threads import openmp_wait, set_threads
 
 
 class LocalBackend:
@@ -19,7 +20,9 @@ class LocalBackend:
         return cls(threads=resources.threads)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
-        set_threads(self.threads)
+        threads = set_threads(self.threads)
+        print(f"local: worker of {threads} thread(s), OpenMP {openmp_wait()}", file=sys.stderr,
+              flush=True)
         worker = task.job.make_worker(task)
         report = RunReport()
         for shard in shards:
