@@ -33,11 +33,14 @@ WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # libiomp5 before libomp before libgomp ("libomp" is not a prefix of "libgomp").
 RUNTIME_FILES = (("libiomp5", "libiomp5"), ("libomp", "libomp"), ("libgomp", "libgomp"))
 # The bounded spin per runtime (docs/performance.md, "OpenMP wait: measured"). libgomp counts
-# spins (about 100,000 per ms by its own estimate); Intel's and LLVM's runtimes take ms.
+# spins, about 100,000 per ms by its own estimate: 2000 is some 20 us, as fast as a passive
+# wait beside busy processes and faster on an idle machine; 5000 and more lost up to 2.8x
+# beside them. Intel's and LLVM's runtimes take whole ms: 1 ms is fifty times that spin, so
+# they get 0, the passive wait.
 BOUNDED_WAIT = {
-    "libgomp": ("GOMP_SPINCOUNT", "20000"),
-    "libiomp5": ("KMP_BLOCKTIME", "1"),
-    "libomp": ("KMP_BLOCKTIME", "1"),
+    "libgomp": ("GOMP_SPINCOUNT", "2000"),
+    "libiomp5": ("KMP_BLOCKTIME", "0"),
+    "libomp": ("KMP_BLOCKTIME", "0"),
 }
 UNKNOWN_RUNTIME_WAIT = ("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -3,7 +3,8 @@ measured"); scripts/omp_study.sh runs it.
 
 For each wait setting (passive, active, bounded spins, the cejobs default, and the default with
 one thread per worker and more workers) it measures, interleaved so that a change in the
-machine's load hits every setting alike:
+machine's load hits every setting alike (each repetition starts the order of settings one
+further on):
 
 - `python -m cejobs.bench sampler --device cpu` (digits, batch 40): CE/s idle and beside
   `--burners` CPU burners;
@@ -45,7 +46,7 @@ ONE_THREAD_FLAGS = {
     "ray": ["--workers", "2", "--threads", "1"],
     "slurm": ["--workers", "2", "--slurm-cpus", "1", "--threads", "1"],
 }
-SPIN_VALUES = {"libgomp": ("GOMP_SPINCOUNT", ["2000", "20000", "200000"]),
+SPIN_VALUES = {"libgomp": ("GOMP_SPINCOUNT", ["2000", "5000", "20000", "200000"]),
                "libiomp5": ("KMP_BLOCKTIME", ["1", "10", "50"]),
                "libomp": ("KMP_BLOCKTIME", ["1", "10", "50"])}
 
@@ -121,8 +122,11 @@ def measure(args, table: dict[str, dict]) -> list[str]:
 
     def block(label: str, loaded: bool, fn) -> None:
         before = load_average()
+        names = list(table)
+        names = names[rep % len(names):] + names[:rep % len(names)]  # each leads once in turn
         with burners(args.burners) if loaded else contextlib.nullcontext():
-            for name, setting in table.items():
+            for name in names:
+                setting = table[name]
                 key = f"{label} {'loaded' if loaded else 'idle'}"
                 setting.setdefault(key, []).append(fn(setting))
                 print(f"  {name:28s} {key:16s} {setting[key][-1]:.3f}", file=sys.stderr)

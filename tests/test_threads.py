@@ -46,7 +46,7 @@ def test_affinity_mask_sets_the_default_and_torch_follows():
 
 def test_openmp_spin_is_bounded_unless_the_user_says_otherwise():
     code = "import os, cejobs, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
-    expected = "20000" if threads.openmp_runtime() == "libgomp" else "None"
+    expected = "2000" if threads.openmp_runtime() == "libgomp" else "None"
     assert in_child(code) == expected
     assert in_child(code, env={"OMP_WAIT_POLICY": "ACTIVE"}) == "None"
 

@@ -67,11 +67,11 @@ def test_the_named_runtime_is_the_one_torch_loads():
 def test_the_runtime_knob_is_set_only_where_the_user_set_none(monkeypatch):
     for name in threads.WAIT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    assert threads.openmp_wait_default("libomp") == ("KMP_BLOCKTIME", "1")
-    assert os.environ["KMP_BLOCKTIME"] == "1" and "GOMP_SPINCOUNT" not in os.environ
-    assert threads.openmp_wait() == "KMP_BLOCKTIME=1"
+    assert threads.openmp_wait_default("libomp") == ("KMP_BLOCKTIME", "0")
+    assert os.environ["KMP_BLOCKTIME"] == "0" and "GOMP_SPINCOUNT" not in os.environ
+    assert threads.openmp_wait() == "KMP_BLOCKTIME=0"
     monkeypatch.delenv("KMP_BLOCKTIME")
-    assert threads.openmp_wait_default("libgomp") == ("GOMP_SPINCOUNT", "20000")
+    assert threads.openmp_wait_default("libgomp") == ("GOMP_SPINCOUNT", "2000")
     monkeypatch.delenv("GOMP_SPINCOUNT")
     assert threads.openmp_wait_default("unknown") == ("OMP_WAIT_POLICY", "PASSIVE")
     for name in threads.WAIT_VARIABLES:  # the user's choice, whichever variable, stands
