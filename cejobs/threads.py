@@ -4,8 +4,8 @@ On a loaded machine (a shared login node, a SLURM node where a task has fewer CP
 sees, CI) torch's OpenMP threads spin-waiting for partners that were not scheduled took 4x the
 wall time and 11x the CPU of one thread (docs/performance.md, "CPU threads under load"). A
 fully passive wait (threads sleep at once) cures that but makes every one of the U-Net's many
-small parallel regions pay a wake-up: the CPU sampler ran 1.7x slower on an idle machine.
-Two rules keep both cases fast:
+small parallel regions pay a wake-up, which slows the CPU sampler on an idle machine
+(docs/performance.md, "OpenMP wait: measured"). Two rules:
 
 - a worker uses at most the CPUs it may run on (affinity mask, SLURM_CPUS_PER_TASK, cgroup
   quota), never os.cpu_count();
@@ -34,7 +34,7 @@ WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 RUNTIME_FILES = (("libiomp5", "libiomp5"), ("libomp", "libomp"), ("libgomp", "libgomp"))
 # The bounded spin per runtime (docs/performance.md, "OpenMP wait: measured"). libgomp counts
 # spins, about 100,000 per ms by its own estimate: 2000 is some 20 us, as fast as a passive
-# wait beside busy processes and faster on an idle machine; 5000 and more lost up to 2.8x
+# wait beside busy processes and faster on a quiet machine; 5000 and more ran up to 3x slower
 # beside them. Intel's and LLVM's runtimes take whole ms: 1 ms is fifty times that spin, so
 # they get 0, the passive wait.
 BOUNDED_WAIT = {
