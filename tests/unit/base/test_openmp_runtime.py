@@ -65,8 +65,9 @@ def test_the_named_runtime_is_the_one_torch_loads():
 
 
 def test_the_runtime_knob_is_set_only_where_the_user_set_none(monkeypatch):
-    for name in threads.WAIT_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    for name in threads.WAIT_VARIABLES:  # set first, so that monkeypatch restores the original
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     assert threads.openmp_wait_default("libomp") == ("KMP_BLOCKTIME", "0")
     assert os.environ["KMP_BLOCKTIME"] == "0" and "GOMP_SPINCOUNT" not in os.environ
     assert threads.openmp_wait() == "KMP_BLOCKTIME=0"
