@@ -5,9 +5,9 @@ The Python API runs the same code as the CLIs (cejobs.drivers.api):
 as a torch Dataset, `cejobs.CEDataset(path)` (cejobs.ce_dataset).
 """
 
-from cejobs.threads import passive_openmp_default
+from cejobs.threads import openmp_wait_default
 
-passive_openmp_default()  # before any cejobs module loads torch (cejobs/threads.py)
+openmp_wait_default()  # before any cejobs module loads torch (cejobs/threads.py)
 
 from cejobs.version import __version__  # noqa: E402
 

@@ -1,31 +1,92 @@
-"""CPU threads: how many a worker may use, and how idle OpenMP threads wait.
+"""CPU threads: how many a worker may use, and how long idle OpenMP threads spin.
 
 On a loaded machine (a shared login node, a SLURM node where a task has fewer CPUs than it
-sees, CI) torch's OpenMP threads, left to their defaults, spin-wait for partners that are not
-scheduled: two threads beside two busy processes took 4x the wall time and 11x the CPU of one
-thread (docs/performance.md, "CPU threads under load"). Two rules prevent that:
+sees, CI) torch's OpenMP threads spin-waiting for partners that were not scheduled took 4x the
+wall time and 11x the CPU of one thread (docs/performance.md, "CPU threads under load"). A
+fully passive wait (threads sleep at once) cures that but makes every one of the U-Net's many
+small parallel regions pay a wake-up, which slows the CPU sampler on an idle machine
+(docs/performance.md, "OpenMP wait: measured"). Two rules:
 
 - a worker uses at most the CPUs it may run on (affinity mask, SLURM_CPUS_PER_TASK, cgroup
   quota), never os.cpu_count();
-- OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE): the runtime reads it once, when
-  torch loads it, so `cejobs/__init__.py` sets it before any cejobs module imports torch.
-  A user's own setting wins.
+- idle OpenMP threads spin briefly, then sleep: a bounded spin, set with the knob of the
+  OpenMP runtime torch ships with (GOMP_SPINCOUNT for GNU libgomp, KMP_BLOCKTIME for Intel's
+  libiomp5 and LLVM's libomp; OMP_WAIT_POLICY=PASSIVE where the runtime is unknown). The
+  runtime reads it once, when torch loads it, so `cejobs/__init__.py` sets it before any
+  cejobs module imports torch; the runtime is therefore found from the files in torch's
+  installed lib folder, without importing torch. A user's own OMP_WAIT_POLICY,
+  GOMP_SPINCOUNT or KMP_BLOCKTIME wins: then cejobs sets none of them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import sys
 from pathlib import Path
 
 from cejobs.slurm_env import current_job
 
-WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+# The variables through which a user chooses the OpenMP wait; any one of them set: cejobs
+# leaves the wait alone.
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# Library file-name prefixes (Linux .so, macOS .dylib, Windows .dll), most specific first:
+# libiomp5 before libomp before libgomp ("libomp" is not a prefix of "libgomp").
+RUNTIME_FILES = (("libiomp5", "libiomp5"), ("libomp", "libomp"), ("libgomp", "libgomp"))
+# The bounded spin per runtime (docs/performance.md, "OpenMP wait: measured"). libgomp counts
+# spins, about 100,000 per ms by its own estimate: 2000 is some 20 us, as fast as a passive
+# wait beside busy processes and faster on a quiet machine; 5000 and more ran up to 3x slower
+# beside them. Intel's and LLVM's runtimes take whole ms: 1 ms is fifty times that spin, so
+# they get 0, the passive wait.
+BOUNDED_WAIT = {
+    "libgomp": ("GOMP_SPINCOUNT", "2000"),
+    "libiomp5": ("KMP_BLOCKTIME", "0"),
+    "libomp": ("KMP_BLOCKTIME", "0"),
+}
+UNKNOWN_RUNTIME_WAIT = ("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def passive_openmp_default() -> None:
-    """Make idle OpenMP threads sleep, unless the environment says otherwise (see above)."""
-    os.environ.setdefault(*WAIT_POLICY)
+def torch_lib_folders() -> list[Path]:
+    """Folders torch loads its OpenMP runtime from: torch/lib of the installed torch (pip
+    wheels ship it there), then the environment's own lib folder (conda builds link it)."""
+    folders = []
+    spec = importlib.util.find_spec("torch")  # finds the package without importing it
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p) / "lib" for p in spec.submodule_search_locations]
+    folders.append(Path(sys.prefix) / ("Library/bin" if os.name == "nt" else "lib"))
+    return folders
+
+
+def openmp_runtime(folders: list[Path] | None = None) -> str | None:
+    """The OpenMP runtime torch uses: "libgomp", "libiomp5" or "libomp"; None when not found.
+    The first folder holding one decides (torch's own lib folder before the environment's)."""
+    for folder in torch_lib_folders() if folders is None else folders:
+        try:
+            names = [entry.name for entry in folder.iterdir()]
+        except OSError:
+            continue
+        for prefix, runtime in RUNTIME_FILES:
+            if any(name.startswith(prefix) for name in names):
+                return runtime
+    return None
+
+
+def openmp_wait_default(runtime: str | None = None) -> tuple[str, str] | None:
+    """Bound how long idle OpenMP threads spin (see above), unless the environment already
+    chooses the wait. Returns the variable and value set, or None when the user's choice
+    stands. `runtime`: as openmp_runtime() names it; None detects it."""
+    if any(name in os.environ for name in WAIT_VARIABLES):
+        return None
+    setting = BOUNDED_WAIT.get(runtime or openmp_runtime() or "", UNKNOWN_RUNTIME_WAIT)
+    os.environ[setting[0]] = setting[1]
+    return setting
+
+
+def openmp_wait() -> str:
+    """The OpenMP wait settings in this process's environment, for a worker's report."""
+    return " ".join(f"{name}={os.environ[name]}" for name in WAIT_VARIABLES
+                    if name in os.environ) or "runtime default"
 
 
 def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 from cejobs.backends.base import OnResult, RunReport
@@ -9,7 +10,7 @@ from cejobs.devices import resolve_device
 from cejobs.jobs.config import Resources
 from cejobs.jobs.results import run_shard_safely
 from cejobs.jobs.tasks import ShardTask
-from cejobs.threads import set_threads
+from cejobs.threads import openmp_wait, set_threads
 
 
 class LocalBackend:
@@ -26,7 +27,9 @@ class LocalBackend:
         resolve_device(self.device)
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
-        set_threads(self.threads)
+        threads = set_threads(self.threads)
+        print(f"local: worker of {threads} thread(s), OpenMP {openmp_wait()}", file=sys.stderr,
+              flush=True)
         worker = task.job.make_worker(task)
         report = RunReport()
         for shard in shards:

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cejobs.threads import openmp_wait
+
 TINY = ["--sources", "2", "--steps", "100", "--method", "gaussian", "--no-progress"]
 BACKEND_FLAGS = {
     "local": ["--backend", "local"],
@@ -69,7 +71,7 @@ def bench_load(args) -> dict:
                                     loaded_s=statistics.median(loaded),
                                     ratio=statistics.median(loaded) / statistics.median(idle))
     return dict(bench="load", burners=args.burners, cpus=len(os.sched_getaffinity(0)),
-                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), run=" ".join(TINY),
+                openmp_wait=openmp_wait(), run=" ".join(TINY),
                 skipped=[b for b in args.backends if b not in backends], results=results)
 
 

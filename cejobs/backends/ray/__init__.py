@@ -216,7 +216,7 @@ class _Run:
         slot.ready = True
         gpus = f", GPU {','.join(info['gpus'])}" if info["gpus"] else ""
         log(f"worker {index} ready on {info['worker']} (device {info['device']}{gpus}, "
-            f"{info['threads']} thread(s))")
+            f"{info['threads']} thread(s), OpenMP {info['openmp']})")
         if info.get("nice", 0) > 0 and info["device"] == "cpu":
             log(f"worker {index} runs at nice {info['nice']} (Ray's worker_niceness): other "
                 f"processes on its node will starve it; start Ray with RAY_worker_niceness=0")

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from cejobs.jobs.results import ShardResult
 from cejobs.jobs.tasks import ShardTask
-from cejobs.threads import undo_ray_nice
+from cejobs.threads import openmp_wait, undo_ray_nice
 
 
 def actor_device(config_device: str, gpu_ids: Sequence[Any], cuda_available: bool) -> str:
@@ -97,7 +97,8 @@ class ShardActor:
         import torch
 
         return dict(worker=self.name, device=self.device, gpus=self.gpu_ids,
-                    threads=torch.get_num_threads(), nice=self.nice, error=self.error)
+                    threads=torch.get_num_threads(), openmp=openmp_wait(), nice=self.nice,
+                    error=self.error)
 
     def run(self, shard: int) -> ShardResult:
         from cejobs.jobs.results import run_shard_safely

@@ -113,9 +113,10 @@ class Stopper:
 
 # ---------------------------------------------------------------------------- the loop
 def _start_worker(task: ShardTask, threads: int, make_worker: Callable | None):
-    from cejobs.threads import set_threads
+    from cejobs.threads import openmp_wait, set_threads
 
-    set_threads(threads)  # 0: the CPUs of this task (SLURM_CPUS_PER_TASK, affinity)
+    threads = set_threads(threads)  # 0: the CPUs of this task (SLURM_CPUS_PER_TASK, affinity)
+    log(f"worker of {threads} thread(s), OpenMP {openmp_wait()}")
     return (make_worker or task.job.make_worker)(task)
 
 

@@ -1,4 +1,4 @@
-"""CPU thread defaults (cejobs/threads.py): the CPUs a worker may use, and passive OpenMP waits."""
+"""CPU thread defaults (cejobs/threads.py): the CPUs a worker may use, and bounded OpenMP waits."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from tests.conftest import REPO
 
 def in_child(code: str, env: dict | None = None, prefix: list[str] | None = None) -> str:
     """Run `code` in a fresh interpreter (OpenMP settings are fixed once torch loads)."""
-    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
-                                                             "SLURM_CPUS_PER_TASK")}
+    full = {k: v for k, v in os.environ.items()
+            if k not in (*threads.WAIT_VARIABLES, "SLURM_CPUS_PER_TASK")}
     r = subprocess.run([*(prefix or []), sys.executable, "-c", code], cwd=REPO, text=True,
                        capture_output=True, env={**full, **(env or {})}, check=True, timeout=120)
     return r.stdout.strip()
@@ -44,10 +44,11 @@ def test_affinity_mask_sets_the_default_and_torch_follows():
     assert in_child(code) == "1 1"
 
 
-def test_openmp_waits_passively_unless_the_user_says_otherwise():
-    code = "import os, cejobs, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    assert in_child(code) == "PASSIVE"
-    assert in_child(code, env={"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+def test_openmp_spin_is_bounded_unless_the_user_says_otherwise():
+    code = "import os, cejobs, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    expected = "2000" if threads.openmp_runtime() == "libgomp" else "None"
+    assert in_child(code) == expected
+    assert in_child(code, env={"OMP_WAIT_POLICY": "ACTIVE"}) == "None"
 
 
 def test_ray_worker_nice_is_undone_where_allowed():
