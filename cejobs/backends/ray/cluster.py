@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import re
+import logging
 import socket
-import sys
 
 DASHBOARD_HOST = "127.0.0.1"  # never expose Ray's dashboard beyond this host
 
 
-def log(message: str) -> None:
-    print(f"ray: {message}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
+
+
+def log(message: str, level: int = logging.INFO) -> None:
+    """One line of the driver's Ray backend, through the `cejobs` logger."""
+    logger.log(level, f"ray: {message}")
 
 
 def one_line(error: BaseException | str) -> str:

@@ -16,9 +16,9 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +31,8 @@ from cejobs.backends.slurm.squeue import FINAL_STATES, read_queue
 from cejobs.jobs.config import Resources
 from cejobs.jobs.results import ShardResult
 from cejobs.jobs.tasks import ShardTask
+
+log = logging.getLogger(__name__)
 
 SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit
 
@@ -128,8 +130,8 @@ class SlurmBackend:
         loop = ClaimLoopJob(task, run, self.lease_s, self.max_timeouts)
         jobs = executor.map_array(loop, list(range(count)))
         array_id = jobs[0].job_id.split("_")[0]
-        print(f"submitted array job {array_id} ({count} task(s)); logs in {folder}; "
-              f"watch with: squeue -j {array_id}", file=sys.stderr)
+        log.info(f"submitted array job {array_id} ({count} task(s)); logs in {folder}; "
+                 f"watch with: squeue -j {array_id}")
 
         board = ClaimBoard(claims_root(store.storage, job.namespace), Owner.current(run))
         layout = store.layout
@@ -164,8 +166,7 @@ class SlurmBackend:
                     break
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:
-            print(f"\narray job {array_id} keeps running; stop it with: scancel {array_id}",
-                  file=sys.stderr)
+            log.warning(f"array job {array_id} keeps running; stop it with: scancel {array_id}")
             raise
         if wanted <= reported:  # tasks still pending would only find nothing to do
             subprocess.run(["scancel", "--state=PENDING", array_id], capture_output=True,
