@@ -62,6 +62,28 @@ class ClaimLoopJob:
 
 
 
+def check_partition_gpus(sinfo: str, partition: str | None, gpus: int) -> None:
+    """ConfigError unless `partition` (None: the default one, marked `*`) has nodes with GPU
+    gres, from `sinfo -h -o "%P|%G"` output (one line per partition and gres, "(null)" for
+    none)."""
+    from cejobs.errors import ConfigError
+
+    rows = [line.strip().split("|", 1) for line in sinfo.splitlines() if "|" in line]
+    names = sorted({name.rstrip("*") for name, _ in rows})
+    if partition is None:
+        rows = [(name, gres) for name, gres in rows if name.endswith("*")]
+    else:
+        rows = [(name, gres) for name, gres in rows if name.rstrip("*") == partition]
+        if not rows:
+            raise ConfigError(f"no SLURM partition {partition!r} (sinfo lists "
+                              f"{', '.join(names) or 'none'})")
+    if rows and not any("gpu" in gres for _, gres in rows):
+        name = rows[0][0].rstrip("*")
+        raise ConfigError(f"--slurm-gpus {gpus}, but the SLURM partition {name} has no GPUs "
+                          f"(gres {', '.join(sorted({g for _, g in rows}))}); use "
+                          f"--slurm-gpus 0 for CPU tasks, or --partition with GPU nodes")
+
+
 def _array_states(array_id: str) -> dict[str, str] | None:
     """Task name -> state of the array's tasks still known to SLURM; None if squeue failed."""
     jobs = read_queue(array_id)
@@ -98,7 +120,18 @@ class SlurmBackend:
                    max_retries=config.max_retries, max_timeouts=config.slurm_max_timeouts)
 
     def preflight(self) -> None:
-        """Nothing to check before the store: sbatch reports its own errors at submission."""
+        """Before the store is touched: tasks that ask for GPUs (`--slurm-gpus`) need a
+        partition (the given one, else the default) whose nodes have GPU gres, read with
+        `sinfo`. Where sinfo does not answer, sbatch reports its own errors at submission."""
+        if not self.gpus:
+            return
+        try:
+            r = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True,
+                               timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        if r.returncode == 0:
+            check_partition_gpus(r.stdout, self.partition, self.gpus)
 
     def _executor(self, folder: Path, name: str):
         import submitit
