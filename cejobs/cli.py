@@ -8,7 +8,7 @@ when it loads: each main imports its driver when it runs.
 
 Every message of the library goes through `logging`, under the `cejobs` logger; the library
 configures no handler (a notebook or script decides what it sees). A command configures it
-here (`configure_logging`): the command's results (records of `cejobs.output`) on stdout,
+here (`configure_logging`, called by each main): the command's results (records of `cejobs.output`) on stdout,
 every other message at INFO and above on stderr, each as its bare text.
 """
 
@@ -83,7 +83,6 @@ def configure_logging(level: int = logging.INFO) -> list[logging.Handler]:
         logger.addHandler(handler)
         handlers.append(handler)
     logger.setLevel(level)
-    logger.propagate = False
     return handlers
 
 
@@ -114,6 +113,7 @@ def run_cli(main: Main, argv: list[str] | None = None, *,
 def generate_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.generate`: plan a run, create or resume its store, run its shards on
     the chosen backend (cejobs.drivers.generate). Re-running the same command resumes."""
+    configure_logging()
     from cejobs.drivers.generate import run_generate
     from cejobs.jobs.config import parse_generate_args
 
@@ -129,6 +129,7 @@ def generate_console() -> None:
 def evaluate_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.evaluate`: run classifiers over CE stores, then metrics, tables and
     figures (cejobs.drivers.evaluate). Re-running the same command resumes."""
+    configure_logging()
     from cejobs.drivers.evaluate import run_evaluate
     from cejobs.jobs.config import parse_evaluate_args
 
@@ -144,6 +145,7 @@ def evaluate_console() -> None:
 def status_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.status --store PATH [--verify]`: progress of a store, read from the
     store (cejobs.drivers.status); 0 when nothing is damaged."""
+    configure_logging()
     parser = argparse.ArgumentParser(
         prog="python -m cejobs.status", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Shards done / total, CEs, throughput, the driver working on a store "
@@ -207,6 +209,7 @@ def parse_train_args(argv: list[str] | None):
 
 def train_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.train`: train the diffusion model or a classifier (cejobs.train)."""
+    configure_logging()
     config, train = parse_train_args(argv)
     train(config, argv)
     return 0

@@ -19,8 +19,16 @@ def api_fields(models, store) -> dict:
                 steps=12, store=str(store), progress=False, threads=1)
 
 
+@pytest.fixture
+def notebook_logging(monkeypatch):
+    """The `cejobs` logger as a fresh notebook has it: no handlers (a command run earlier in
+    this test process configured some)."""
+    monkeypatch.setattr(logging.getLogger("cejobs"), "handlers", [])
+
+
 def test_generate_is_quiet_and_keeps_the_callers_process(tiny_models, tmp_path, capsys,
-                                                          caplog, monkeypatch):
+                                                          caplog, monkeypatch,
+                                                          notebook_logging):
     torch.set_num_threads(2)
     monkeypatch.setenv("CEJOBS_TEST_UNTOUCHED", "yes")
     environ = dict(os.environ)
