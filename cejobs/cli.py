@@ -8,8 +8,9 @@ when it loads: each main imports its driver when it runs.
 
 Every message of the library goes through `logging`, under the `cejobs` logger; the library
 configures no handler (a notebook or script decides what it sees). A command configures it
-here (`configure_logging`, called by each main): the command's results (records of `cejobs.output`) on stdout,
-every other message at INFO and above on stderr, each as its bare text.
+here (`configure_logging`, called by each main): the command's results (records of
+`cejobs.output`) on stdout, every other message at INFO and above on stderr, each as its bare
+text.
 """
 
 from __future__ import annotations
