@@ -65,6 +65,7 @@ class _StdStream(logging.StreamHandler):
             from tqdm import tqdm
 
             tqdm.write(self.format(record), file=self.stream)
+            self.flush()  # a log file shows each line when it happens
         except Exception:  # noqa: BLE001 - logging's own convention
             self.handleError(record)
 
