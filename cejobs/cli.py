@@ -6,11 +6,18 @@ Each `*_main(argv)` parses its arguments, runs the driver and returns the exit s
 raises a `cejobs.errors.CejobsError` on bad input. `run_cli` turns that error into one line,
 `error: <message>`, on stderr and exit status 2. This module imports no torch, zarr or ray
 when it loads: each main imports its driver when it runs.
+
+Every message of the library goes through `logging`, under the `cejobs` logger; the library
+configures no handler (a notebook or script decides what it sees). A command configures it
+here (`configure_logging`, called by each main): the command's results (records of
+`cejobs.output`) on stdout, every other message at INFO and above on stderr, each as its bare
+text.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Callable
 
@@ -21,12 +28,72 @@ EXIT_INTERRUPTED = 130
 
 Main = Callable[[list[str] | None], int]
 RESUME_NOTE = "interrupted: finished shards are kept; run the same command to resume"
+OUTPUT_LOGGER = "cejobs.output"  # a command's results: its stdout
+
+
+class _Output(logging.Filter):
+    """Records of OUTPUT_LOGGER (`keep`), or every other record (not `keep`)."""
+
+    def __init__(self, keep: bool):
+        super().__init__()
+        self.keep = keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == OUTPUT_LOGGER or record.name.startswith(OUTPUT_LOGGER + ".")
+        return ours == self.keep
+
+
+class _StdStream(logging.StreamHandler):
+    """A handler writing to sys.stdout or sys.stderr as they are when a record comes (a test's
+    capture, a redirect), not as they were when it was made."""
+
+    def __init__(self, name: str):
+        self.name_of_stream = name
+        super().__init__()
+
+    @property
+    def stream(self):
+        return getattr(sys, self.name_of_stream)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler sets it; the name decides
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Through `tqdm.write`: an open progress bar is cleared, the line written above it,
+        and the bar drawn again below (never a message inside the bar)."""
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()  # a log file shows each line when it happens
+        except Exception:  # noqa: BLE001 - logging's own convention
+            self.handleError(record)
+
+
+def configure_logging(level: int = logging.INFO) -> list[logging.Handler]:
+    """A command's logging: the `cejobs` logger's results on stdout, its other messages on
+    stderr, as bare lines; the handlers it added (replacing those of an earlier call)."""
+    logger = logging.getLogger("cejobs")
+    for handler in [h for h in logger.handlers if getattr(h, "cejobs_cli", False)]:
+        logger.removeHandler(handler)
+    handlers = []
+    for stream, keep in (("stdout", True), ("stderr", False)):
+        handler = _StdStream(stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_Output(keep))
+        handler.cejobs_cli = True
+        logger.addHandler(handler)
+        handlers.append(handler)
+    logger.setLevel(level)
+    return handlers
 
 
 def exit_status(main: Main, argv: list[str] | None = None, *,
                 interrupted: str | None = RESUME_NOTE) -> int:
     """`main(argv)`, with a user error printed as one line (status 2); Ctrl-C prints
     `interrupted` (status 130), or stops with its traceback when that is None."""
+    configure_logging()
     try:
         return main(argv)
     except CejobsError as e:
@@ -49,6 +116,7 @@ def run_cli(main: Main, argv: list[str] | None = None, *,
 def generate_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.generate`: plan a run, create or resume its store, run its shards on
     the chosen backend (cejobs.drivers.generate). Re-running the same command resumes."""
+    configure_logging()
     from cejobs.drivers.generate import run_generate
     from cejobs.jobs.config import parse_generate_args
 
@@ -64,6 +132,7 @@ def generate_console() -> None:
 def evaluate_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.evaluate`: run classifiers over CE stores, then metrics, tables and
     figures (cejobs.drivers.evaluate). Re-running the same command resumes."""
+    configure_logging()
     from cejobs.drivers.evaluate import run_evaluate
     from cejobs.jobs.config import parse_evaluate_args
 
@@ -79,18 +148,23 @@ def evaluate_console() -> None:
 def status_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.status --store PATH [--verify]`: progress of a store, read from the
     store (cejobs.drivers.status); 0 when nothing is damaged."""
+    configure_logging()
     parser = argparse.ArgumentParser(
         prog="python -m cejobs.status", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Shards done / total, CEs, throughput and ETA of a store.")
+        description="Shards done / total, CEs, throughput, the driver working on a store "
+                    "(running, stalled or none) and its ETA.")
     parser.add_argument("--store", required=True, help="zarr store: a path or s3://... URL")
     parser.add_argument("--verify", action="store_true",
                         help="re-read every chunk of every done shard (generation and eval/), "
                              "checking its checksum; rewrite damaged metadata from its copy, "
                              "and mark damaged shards for redo")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (shards, CEs, rate, ETA, drivers, damage "
+                             "found) instead of the line")
     args = parser.parse_args(argv)
     from cejobs.drivers.status import run_status
 
-    return run_status(args.store, verify=args.verify)
+    return run_status(args.store, verify=args.verify, as_json=args.json)
 
 
 def status_console() -> None:
@@ -138,6 +212,7 @@ def parse_train_args(argv: list[str] | None):
 
 def train_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.train`: train the diffusion model or a classifier (cejobs.train)."""
+    configure_logging()
     config, train = parse_train_args(argv)
     train(config, argv)
     return 0

@@ -114,17 +114,24 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def undo_ray_nice() -> int:
+def current_nice() -> int:
+    """This process's niceness (0 unless it was started under `nice`)."""
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def undo_ray_nice(driver_nice: int = 0) -> int:
     """Ray starts its worker processes at nice 15 (its `worker_niceness`): beside busy
     processes at nice 0, a CPU worker then gets about 2% of a core (a 4 s run took 124 s beside
-    two burners). Put this process back at nice 0 where that is allowed (root, CAP_SYS_NICE or
-    RLIMIT_NICE); elsewhere start Ray with RAY_worker_niceness=0. Returns the niceness now."""
+    two burners). Put this process at the driver's niceness instead, `driver_nice`: 0, unless
+    the user started the driver under `nice` to lower the run's priority, which its workers
+    then keep. Raising the niceness is always allowed; lowering it needs root, CAP_SYS_NICE or
+    RLIMIT_NICE (elsewhere start Ray with RAY_worker_niceness=0). Returns the niceness now."""
     try:
-        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        if current_nice() != driver_nice:
+            os.setpriority(os.PRIO_PROCESS, 0, driver_nice)
     except OSError:  # not allowed: the caller reports it
         pass
-    return os.getpriority(os.PRIO_PROCESS, 0)
+    return current_nice()
 
 
 def set_threads(requested: int = 0) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Sequence
 
 from cejobs.backends.base import OnResult, RunReport
@@ -11,6 +11,8 @@ from cejobs.jobs.config import Resources
 from cejobs.jobs.results import run_shard_safely
 from cejobs.jobs.tasks import ShardTask
 from cejobs.threads import openmp_wait, set_threads
+
+log = logging.getLogger(__name__)
 
 
 class LocalBackend:
@@ -28,8 +30,7 @@ class LocalBackend:
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         threads = set_threads(self.threads)
-        print(f"local: worker of {threads} thread(s), OpenMP {openmp_wait()}", file=sys.stderr,
-              flush=True)
+        log.info(f"local: worker of {threads} thread(s), OpenMP {openmp_wait()}")
         worker = task.job.make_worker(task)
         report = RunReport()
         for shard in shards:

@@ -9,12 +9,22 @@
 GenerateConfig and EvaluateConfig (the CLI's flags, with underscores), with their defaults:
 `inspect.signature` and `help()` list them. A bad value raises ConfigError (a
 cejobs.errors.CejobsError) with the CLI's one-line message.
+
+A call is quiet and leaves the caller's process as it found it: its messages go to the
+`cejobs` logger (configure `logging` to see them: warnings reach stderr through Python's
+last-resort handler), its only output is the progress bar (`progress=False` hides it; a
+widget in a notebook), and torch's thread count, environment variables and signal handlers
+that the run changes are put back when it returns (`kept_process_state`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import os
+import signal
+import threading
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -61,16 +71,49 @@ def takes_fields(config: type, returns: Any) -> Callable[[Callable], Callable]:
     return decorate
 
 
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+                if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def kept_process_state():
+    """Put back what a run changes in the caller's process: torch's intra-op thread count
+    (the local backend sets it), the environment variables it set, changed or removed (Ray
+    sets some), and the handlers of SIGINT, SIGTERM, SIGUSR1 and SIGUSR2. What `import cejobs`
+    set (OMP_WAIT_POLICY, cejobs/threads.py) was set before the call and stays."""
+    import torch
+
+    threads = torch.get_num_threads()
+    environ = dict(os.environ)
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        for number, handler in handlers.items():
+            if signal.getsignal(number) is not handler and handler is not None:
+                signal.signal(number, handler)
+
+
 @takes_fields(GenerateConfig, CEStore)
 def generate(**fields: Any) -> CEStore:
     """Create or resume a store, as `python -m cejobs.generate` does; the store.
 
     The store is returned also when some shards failed (`store.done()` says which are done);
-    the messages the CLI prints are printed here too. A bad value raises ConfigError (a
+    the CLI's messages go to the `cejobs` logger. A bad value raises ConfigError (a
     cejobs.errors.CejobsError) with the CLI's one-line message."""
     from cejobs.drivers.generate import run_generate
 
-    store, _ = run_generate(typed(GenerateConfig, fields))
+    config = typed(GenerateConfig, fields)
+    with kept_process_state():
+        store, _ = run_generate(config, hints=False)
     return store
 
 
@@ -82,7 +125,9 @@ def evaluate(**fields: Any) -> dict[str, pd.DataFrame]:
     from cejobs.drivers.evaluate import run_evaluate
     from cejobs.eval.report import tables
 
-    results, _ = run_evaluate(typed(EvaluateConfig, fields))
+    config = typed(EvaluateConfig, fields)
+    with kept_process_state():
+        results, _ = run_evaluate(config)
     return tables(results)
 
 
@@ -94,6 +139,10 @@ class StoreData:
     tree: Any  # xarray.DataTree: every array, lazily read, labelled (see `labelled_tree`)
     ces: pd.DataFrame  # one row per CE of the done shards, with its distances (and eval probs)
     distances: pd.DataFrame  # L2 and L0 quantiles per CE group (same, different, all classes)
+
+    def __repr__(self) -> str:
+        """One short line: the store's summary and the number of CE rows."""
+        return f"StoreData({self.store.summary()}; {len(self.ces)} CE rows)"
 
 
 def variable_order(names: list[str], prefix: str) -> list[str]:

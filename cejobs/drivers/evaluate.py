@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,9 @@ from cejobs.store.location import location
 from cejobs.store.storage import Storage
 from cejobs.store.store import CEStore
 from cejobs.jobs.tasks import ShardTask
+
+log = logging.getLogger(__name__)
+output = logging.getLogger("cejobs.output")  # a command's results (cejobs.cli)
 
 
 @dataclass
@@ -99,9 +102,9 @@ def _run(config: EvaluateConfig, job: EvalJob, backend) -> tuple[list[StoreResul
     for store in job.stores:  # evaluate's own arrays are re-read whole: they are small
         found = repair(store, decode_eval=True)
         for line in found.lines():
-            print(line, file=sys.stderr)
+            log.warning(line)
         if found.damaged:
-            print(f"{store.storage}: {found.summary()}", file=sys.stderr)
+            log.warning(f"{store.storage}: {found.summary()}")
         check_inputs([store], job.classifiers, config.allow_partial)  # generation damage
     tasks = create_tasks(job)
 
@@ -109,31 +112,32 @@ def _run(config: EvaluateConfig, job: EvalJob, backend) -> tuple[list[StoreResul
     todo = [pending_shards(s, t) for s, t in zip(job.stores, tasks)]
     total = sum(map(len, todo))
     names = ", ".join(c.name for c in job.classifiers)
-    print(f"{total} shard(s) to evaluate in {len(job.stores)} store(s) with "
-          f"{len(job.classifiers)} classifier(s) ({names}) on backend '{config.backend}'",
-          file=sys.stderr)
+    log.info(f"{total} shard(s) to evaluate in {len(job.stores)} store(s) with "
+             f"{len(job.classifiers)} classifier(s) ({names}) on backend '{config.backend}'")
     progress = Progress(total, config.progress, desc="evaluate")
-    for task, label, shards in zip(tasks, job.labels, todo):
-        progress.label = label
-        if shards:
-            backend.run(task, shards, progress)
-    seconds = progress.close()
-    print(f"evaluated {progress.ces} CEs x classifiers in {progress.shards} shard(s), "
-          f"{seconds:.1f} s ({progress.ces / max(seconds, 1e-9):.0f} CE/s)")
+    try:
+        for task, label, shards in zip(tasks, job.labels, todo):
+            progress.label = label
+            if shards:
+                backend.run(task, shards, progress)
+    finally:
+        seconds = progress.close()
+    output.info(f"evaluated {progress.ces} CEs x classifiers in {progress.shards} shard(s), "
+                f"{seconds:.1f} s ({progress.ces / max(seconds, 1e-9):.0f} CE/s)")
 
     # --- one pass: metrics, tables, report, figures
     results, written = assemble(job.out, job.paths, job.stores, job.labels, job.classifiers,
                                 config.figures)
-    print(format_table(results))
-    print(f"report: {written['report']}  summary: {written['summary']}  tables: "
-          f"{job.out / 'tables'}" + (f"  figures: {job.out / 'figures'}" if config.figures
-                                     else ""))
+    output.info(format_table(results))
+    figures = f"  figures: {job.out / 'figures'}" if config.figures else ""
+    output.info(f"report: {written['report']}  summary: {written['summary']}  tables: "
+                f"{job.out / 'tables'}{figures}")
     for line in progress.errors:
-        print(line, file=sys.stderr)
+        log.warning(line)
     missing = sum(len(pending_shards(s, t)) for s, t in zip(job.stores, tasks))
     if missing:
-        print(f"incomplete: {missing} shard(s) not evaluated; run the same command to resume",
-              file=sys.stderr)
+        log.warning(f"incomplete: {missing} shard(s) not evaluated; run the same command to "
+                    f"resume")
         return results, 1
     return results, 0
 

@@ -8,8 +8,8 @@ checkpoint is refused before anything is written.
 
 from __future__ import annotations
 
+import logging
 import shlex
-import sys
 
 from cejobs.backends import Backend, make_ready_backend
 from cejobs.data import load_dataset
@@ -27,6 +27,9 @@ from cejobs.store.create import create_or_open
 from cejobs.store.format import OLD_FORMATS
 from cejobs.store.store import CEStore
 from cejobs.jobs.tasks import ShardTask
+
+log = logging.getLogger(__name__)
+output = logging.getLogger("cejobs.output")  # a command's results (cejobs.cli)
 
 
 def check_checkpoint(config: GenerateConfig, dataset) -> dict[str, str]:
@@ -59,51 +62,58 @@ def prepare(config: GenerateConfig) -> CEStore:
     store = create_or_open(config.resolved_store(), identity, layout, arrays,
                            dict(config=config.to_dict(), kind="generate"))
     if store.format in OLD_FORMATS:
-        print(f"note: {store.storage} is a {store.format} store (an older cejobs): it records no "
-              f"chunk checksums and no hash of the sources, so changed bytes or a changed "
-              f"dataset file can't be detected in it", file=sys.stderr)
+        log.warning(f"note: {store.storage} is a {store.format} store (an older cejobs): it "
+                    f"records no chunk checksums and no hash of the sources, so changed bytes "
+                    f"or a changed dataset file can't be detected in it")
     return store
 
 
-def run_generate(config: GenerateConfig) -> tuple[CEStore, int]:
+def run_generate(config: GenerateConfig, hints: bool = True) -> tuple[CEStore, int]:
     """Create or resume the store of `config` and run what is left; the store, and the exit
-    status: 0 when every shard is done, 1 when some are not."""
+    status: 0 when every shard is done, 1 when some are not. `hints`: end with the command
+    line that evaluates the store (the CLI's; the API says none)."""
     backend = make_ready_backend(config)
     store = prepare(config)
     with DriverLease(store, "generate"):
-        return _run(config, store, backend)
+        return _run(config, store, backend, hints)
 
 
-def _run(config: GenerateConfig, store: CEStore, backend: Backend) -> tuple[CEStore, int]:
+def _run(config: GenerateConfig, store: CEStore, backend: Backend,
+         hints: bool) -> tuple[CEStore, int]:
     found = repair(store)
     for line in found.lines():
-        print(line, file=sys.stderr)
+        log.warning(line)
     if found.generation:
-        print(f"redoing {len(found.generation)} damaged shard(s): {found.generation}",
-              file=sys.stderr)
+        log.warning(f"redoing {len(found.generation)} damaged shard(s): {found.generation}")
     where = store.storage
     task = ShardTask(KINDS["generate"], str(where.resolve()), config)
     pending = pending_shards(store, task)
     if not pending:
-        print(f"store complete: {where} ({store.num_shards}/{store.num_shards} shards); "
-              f"nothing to do")
-        print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(where))}")
+        output.info(f"store complete: {where} ({store.num_shards}/{store.num_shards} "
+                    f"shards); nothing to do")
+        if hints:
+            output.info(f"evaluate with: python -m cejobs.evaluate --store "
+                        f"{shlex.quote(str(where))}")
         return store, 0
-    print(f"{len(pending)} of {store.num_shards} shards to run on backend "
-          f"'{config.backend}' -> {where}", file=sys.stderr)
+    log.info(f"{len(pending)} of {store.num_shards} shards to run on backend "
+             f"'{config.backend}' -> {where}")
     progress = Progress(store.num_shards, config.progress, done=store.num_shards - len(pending))
-    report = backend.run(task, pending, progress)
-    seconds = progress.close()
+    try:
+        report = backend.run(task, pending, progress)
+    finally:
+        seconds = progress.close()
     done = int(store.done().sum())
     rate = progress.ces / max(seconds, 1e-9)
-    print(f"generated {progress.ces} CEs in {len(report.done)} shards, {seconds:.1f} s "
-          f"({rate:.2f} CE/s); {done}/{store.num_shards} shards done in {where}")
+    output.info(f"generated {progress.ces} CEs in {len(report.done)} shards, {seconds:.1f} s "
+                f"({rate:.2f} CE/s); {done}/{store.num_shards} shards done in {where}")
     for line in progress.errors:
-        print(line, file=sys.stderr)
+        log.warning(line)
     if done < store.num_shards:
-        print(f"incomplete: {store.num_shards - done} shard(s) not done; run the same command "
-              f"to resume", file=sys.stderr)
+        log.warning(f"incomplete: {store.num_shards - done} shard(s) not done; run the same "
+                    f"command to resume")
         return store, 1
-    print(f"evaluate with: python -m cejobs.evaluate --store {shlex.quote(str(where))}")
+    if hints:
+        output.info(f"evaluate with: python -m cejobs.evaluate --store "
+                    f"{shlex.quote(str(where))}")
     return store, 0
 

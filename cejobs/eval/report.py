@@ -34,6 +34,11 @@ class StoreResult:
     # classifiers on this store: {"stores": [...], "classifiers": [...]}
     comparisons: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One short line: the label, where, the classifiers."""
+        return (f"StoreResult({self.name}: {self.path}, classifiers "
+                f"{', '.join(self.classifiers) or 'none'})")
+
 
 def _ranges(ids: list[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""

@@ -24,7 +24,7 @@ scores stay fp32; only the network runs in `net_dtype`.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -116,7 +116,7 @@ class FastSampler:
         self.options = options
         self.net = prepare_net(net.to(self.device).eval(), options)
         self.steps, self.seed = params.steps, seed
-        self.log = log or (lambda m: print(m, file=sys.stderr))
+        self.log = log or logging.getLogger(__name__).warning
         self._said: set[str] = set()
         if options.triton_norm:
             self._use_triton_norm()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ def maybe_compile(net: nn.Module, enabled: bool) -> tuple[nn.Module, str]:
                      torch.zeros(2, dtype=torch.long, device=device))
         return compiled, "compiled"
     except Exception as e:  # noqa: BLE001 - any compiler/backend failure falls back
-        print(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-              f"running eager", file=sys.stderr)
+        logging.getLogger(__name__).warning(
+            f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            f"running eager")
         return net, "eager (compile failed)"

@@ -14,16 +14,34 @@ measurement and for its reach (any fsspec URL, AWS profiles): docs/store.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 import uuid
 from pathlib import PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from cejobs.errors import StorageError
 from cejobs.store.storage import Storage
 
 FS_OPTIONS = {"use_listings_cache": False}  # several processes write: never trust a listing
+Call = TypeVar("Call", bound=Callable[..., Any])
+MEANINGFUL = (FileNotFoundError, FileExistsError, StorageError)  # answers, not failures
+
+
+def one_line_failures(method: Call) -> Call:
+    """A read, list or open of the storage whose endpoint can't be reached, or whose bucket or
+    credentials are refused, raises StorageError with one line (`explain`) instead of the
+    client's traceback; a missing key stays FileNotFoundError (an answer)."""
+    @functools.wraps(method)
+    def call(self: ObjectStorage, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except MEANINGFUL:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure becomes one line
+            raise StorageError(f"cannot read {self}: {explain(e)}") from None
+    return call  # type: ignore[return-value]
 
 
 class ObjectStorage(Storage):
@@ -81,7 +99,7 @@ class ObjectStorage(Storage):
     def listing(self) -> Iterator[None]:
         """`kind` and `size` answer from one listing of the prefix (one LIST request per
         1,000 keys) instead of a HEAD request each. Any write ends it."""
-        found = self.fs.find(self.prefix, detail=True)
+        found = self._find_detail()
         self._listing = {str(PurePosixPath(k).relative_to(self.prefix)): info
                          for k, info in found.items()}
         self._folders = {str(p) for k in self._listing for p in PurePosixPath(k).parents}
@@ -90,6 +108,11 @@ class ObjectStorage(Storage):
         finally:
             self._listing = None
 
+    @one_line_failures
+    def _find_detail(self) -> dict[str, dict]:
+        return self.fs.find(self.prefix, detail=True)
+
+    @one_line_failures
     def _info(self, key: str) -> dict | None:
         if self._listing is not None:
             if key in self._listing:
@@ -112,6 +135,7 @@ class ObjectStorage(Storage):
             raise FileNotFoundError(f"{self}/{key}")
         return int(info.get("size") or 0)
 
+    @one_line_failures
     def read(self, key: str) -> bytes:
         return bytes(self.fs.cat_file(self._object(key)))
 
@@ -149,7 +173,7 @@ class ObjectStorage(Storage):
             pass
 
     def touch(self, key: str) -> None:
-        self.write(key, self.read(key))
+        self.write(key, bytes(self.fs.cat_file(self._object(key))))  # OSError as writes do
 
     def age(self, key: str) -> float | None:
         info = self._info(key)
@@ -158,6 +182,7 @@ class ObjectStorage(Storage):
         modified = info.get("LastModified") or info.get("mtime")
         return time.time() - modified.timestamp() if modified is not None else 0.0
 
+    @one_line_failures
     def names(self, key: str = "") -> list[str]:
         try:
             found = self.fs.ls(self._object(key), detail=False)
@@ -165,6 +190,7 @@ class ObjectStorage(Storage):
             return []
         return sorted(PurePosixPath(k).name for k in found)
 
+    @one_line_failures
     def keys(self) -> list[str]:
         try:
             found = self.fs.find(self.prefix)

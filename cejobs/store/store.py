@@ -36,6 +36,19 @@ class CEStore:
     _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False)
     damaged_flags: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        """One short line: where, shards done / total (read now), method."""
+        return f"CEStore({self.summary()})"
+
+    def summary(self) -> str:
+        """`path: 3/4 shards done, method boltzmann` (done `?` when the flags don't read)."""
+        try:
+            done = str(int(self.done().sum()))
+        except Exception:  # noqa: BLE001 - a repr never raises
+            done = "?"
+        method = self.attrs.get("config", {}).get("method") or self.attrs.get("kind", "?")
+        return f"{self.storage}: {done}/{self.num_shards} shards done, method {method}"
+
     @classmethod
     def open(cls, where: Storage | str) -> "CEStore":
         """Open the store at `where` (a Storage, or a `--store` value: see `location`)."""

@@ -241,13 +241,17 @@ def test_status_and_verify_then_resume_redoes_that_shard(reference, tiny_models,
 
 
 def test_status_counts_mid_run(reference, tmp_path):
-    """Counts and ETA from the store's flags and shard timings while shards are missing."""
+    """Counts and ETA from the store's flags and shard timings while shards are missing and a
+    driver runs (this process holds the generate lease)."""
     import shutil
+
+    from cejobs.store.lease import DriverLease
 
     store = tmp_path / "mid.zarr"
     shutil.copytree(reference, store)
     CEStore.open(store).clear_done([1, 2])
-    r = run_module("cejobs.status", "--store", store)
+    with DriverLease(CEStore.open(store), "generate"):
+        r = run_module("cejobs.status", "--store", store)
     assert "1/3 shards done (33%), 40/120 CEs" in r.stdout
     m = re.search(r"([\d.]+) CE/s, ETA (\S+)", r.stdout)
     assert float(m[1]) > 0 and m[2] != "unknown"

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -35,6 +36,7 @@ from cejobs.backends.watchdog import describe, shard_timeout
 from cejobs.jobs.config import Resources
 from cejobs.jobs.results import ShardResult
 from cejobs.jobs.tasks import ShardTask
+from cejobs.threads import current_nice
 
 WAIT_LOG_SECONDS = 60.0  # how often to say that no actor has started yet
 
@@ -79,13 +81,23 @@ class RayBackend:
         )
 
     def preflight(self) -> None:
-        """Before the store is touched: a given address must answer (bounded time)."""
+        """Before the store is touched: a given address must answer (bounded time); with
+        `--device cuda`, the cluster is joined (or the local Ray started) and must have GPUs."""
         check_address(self.address)
+        if self.device.startswith("cuda"):
+            import ray
+
+            self._how = connect(self.address)
+            if not ray.cluster_resources().get("GPU", 0):
+                from cejobs.errors import ConfigError
+
+                raise ConfigError(f"--device {self.device}, but the Ray cluster has no GPUs; "
+                                  f"use --device auto or cpu")
 
     def run(self, task: ShardTask, shards: Sequence[int], on_result: OnResult) -> RunReport:
         import ray
 
-        how = connect(self.address)
+        how = getattr(self, "_how", None) or connect(self.address)
         resources = ray.cluster_resources()
         plan = plan_actors(resources, workers=self.workers, threads=self.threads,
                            gpus_per_worker=self.gpus_per_worker, device=self.device,
@@ -114,6 +126,7 @@ class _Run:
                                                           max_restarts=0)
         self.backend, self.task, self.plan, self.on_result = backend, task, plan, on_result
         self.inputs_ref = inputs_ref  # ObjectRef of WorkerInputs; Ray resolves it per actor
+        self.driver_nice = current_nice()  # the actors take it (cejobs/threads.py)
         self.report = RunReport()
         self.queue: collections.deque[int] = collections.deque()
         self.attempts: collections.Counter[int] = collections.Counter()
@@ -127,7 +140,7 @@ class _Run:
     # ------------------------------------------------------------------ actors
     def _start(self, index: int | None = None) -> None:
         actor = self.remote_cls.remote(self.task, self.plan.threads, self.plan.use_gpu,
-                                       self.inputs_ref)
+                                       self.inputs_ref, self.driver_nice)
         slot = _Slot(actor, ready_ref=actor.ready.remote())
         if index is None:
             self.slots.append(slot)
@@ -216,10 +229,12 @@ class _Run:
         slot.ready = True
         gpus = f", GPU {','.join(info['gpus'])}" if info["gpus"] else ""
         log(f"worker {index} ready on {info['worker']} (device {info['device']}{gpus}, "
-            f"{info['threads']} thread(s), OpenMP {info['openmp']})")
-        if info.get("nice", 0) > 0 and info["device"] == "cpu":
-            log(f"worker {index} runs at nice {info['nice']} (Ray's worker_niceness): other "
-                f"processes on its node will starve it; start Ray with RAY_worker_niceness=0")
+            f"{info['threads']} thread(s), OpenMP {info['openmp']}, "
+            f"nice {info['nice']})")
+        if info.get("nice", 0) > self.driver_nice and info["device"] == "cpu":
+            log(f"worker {index} runs at nice {info['nice']} (Ray's worker_niceness), the "
+                f"driver at {self.driver_nice}: other processes on its node will starve it; "
+                f"start Ray with RAY_worker_niceness={self.driver_nice}", logging.WARNING)
 
     def _on_result(self, index: int, shard: int, ref) -> None:
         import ray

@@ -67,16 +67,18 @@ class Fence:
 class ShardActor:
     """Wrapped by ray.remote at run time (no import-time Ray)."""
 
-    def __init__(self, task: ShardTask, threads: int, use_gpu: bool, inputs=None):
+    def __init__(self, task: ShardTask, threads: int, use_gpu: bool, inputs=None,
+                 driver_nice: int = 0):
         """inputs: the driver's WorkerInputs (checkpoint bytes, dataset), resolved by Ray from
-        its object store, so the actor reads nothing from the driver's disk."""
+        its object store, so the actor reads nothing from the driver's disk. driver_nice: the
+        driver's niceness, which the actor takes (cejobs/threads.py)."""
         import ray
         import torch
 
         from cejobs.hosts import worker_name
 
         torch.set_num_threads(threads)
-        self.nice = undo_ray_nice()  # Ray's nice 15 starves CPU work on a shared node
+        self.nice = undo_ray_nice(driver_nice)  # Ray's 15 starves CPU work on a shared node
         self.worker, self.error = None, None
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if use_gpu else []
         self.device = actor_device(task.config.device, self.gpu_ids,

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
-import sys
+
+from cejobs.threads import current_nice
 
 DASHBOARD_HOST = "127.0.0.1"  # never expose Ray's dashboard beyond this host
 
 
-def log(message: str) -> None:
-    print(f"ray: {message}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
+
+
+def log(message: str, level: int = logging.INFO) -> None:
+    """One line of the driver's Ray backend, through the `cejobs` logger."""
+    logger.log(level, f"ray: {message}")
 
 
 def one_line(error: BaseException | str) -> str:
@@ -43,6 +49,40 @@ def loss_reason(error: BaseException) -> str:
         return one_line(error)
     actor = getattr(error, "actor_id", None)
     return f"{type(error).__name__} ({why}{f'; actor {actor[:12]}' if actor else ''})"
+
+
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"  # Ray 2.5x-2.6x
+
+
+class TokenNotice(logging.Filter):
+    """Holds back Ray's token-authentication WARNINGs, printed by `ray.init` (in the middle
+    of a progress bar, and twice), so that `say` gives the one that matters, once, in our
+    words: a cluster without token authentication runs code for anyone who reaches its ports
+    (ray/README.md). Ray's "token authentication is enabled" for a private local Ray, which
+    nobody else joins, is kept at DEBUG."""
+
+    said = False  # once per process
+
+    def __init__(self):
+        super().__init__()
+        self.disabled = self.enabled = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("Token authentication is"):
+            return True
+        self.disabled |= "is disabled" in text
+        self.enabled |= "is enabled" in text
+        return False
+
+    def say(self, where: str) -> None:
+        if self.disabled and not TokenNotice.said:
+            TokenNotice.said = True
+            log(f"{where} runs without token authentication: anyone who can reach its ports "
+                f"can run code on it; set RAY_AUTH_MODE=token on the cluster (ray/README.md)",
+                logging.WARNING)
+        elif self.enabled:
+            logger.debug("ray: token authentication is enabled (token in ~/.ray/auth_token)")
 
 
 CONNECT_TIMEOUT_S = 15.0  # a cluster whose GCS does not accept a connection by then is unreachable
@@ -103,14 +143,19 @@ def connect(address: str | None) -> str:
         note = f" (the last `ray start` on this node, {target}, is gone)"
         address, target = "local", None
     # A cluster forwards its workers' output into this driver, i.e. into the job's log.
+    notice, token_logger = TokenNotice(), logging.getLogger(TOKEN_LOGGER)
+    token_logger.addFilter(notice)
     try:
-        # a private Ray runs its workers at nice 0, not Ray's 15 (cejobs/threads.py)
-        local = {} if target else {"_system_config": {"worker_niceness": 0}}
+        # a private Ray runs its workers at the driver's niceness, not Ray's 15 (threads.py)
+        local = {} if target else {"_system_config": {"worker_niceness": current_nice()}}
         ray.init(address=address, log_to_driver=target is not None, logging_level="WARNING",
                  include_dashboard=False, dashboard_host=DASHBOARD_HOST, **local)
     except ConnectionError as e:
         raise ConfigError(f"cannot reach the Ray cluster at {target or address}: "
                           f"{one_line(e)} (check --ray-address / RAY_ADDRESS)") from None
+    finally:
+        token_logger.removeFilter(notice)
+    notice.say(f"the Ray cluster at {target}" if target else "the local Ray")
     if not target:
         return "started a local Ray" + note
     return f"joined the cluster at {target}"

@@ -16,9 +16,9 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +31,8 @@ from cejobs.backends.slurm.squeue import FINAL_STATES, read_queue
 from cejobs.jobs.config import Resources
 from cejobs.jobs.results import ShardResult
 from cejobs.jobs.tasks import ShardTask
+
+log = logging.getLogger(__name__)
 
 SIGNAL_DELAY_S = 120  # SIGUSR2 this long before the time limit
 
@@ -58,6 +60,28 @@ class ClaimLoopJob:
             requeue_self(self.max_requeues)
         return {"done": report.done, "failed": report.failed, "interrupted": report.interrupted}
 
+
+
+def check_partition_gpus(sinfo: str, partition: str | None, gpus: int) -> None:
+    """ConfigError unless `partition` (None: the default one, marked `*`) has nodes with GPU
+    gres, from `sinfo -h -o "%P|%G"` output (one line per partition and gres, "(null)" for
+    none)."""
+    from cejobs.errors import ConfigError
+
+    rows = [line.strip().split("|", 1) for line in sinfo.splitlines() if "|" in line]
+    names = sorted({name.rstrip("*") for name, _ in rows})
+    if partition is None:
+        rows = [(name, gres) for name, gres in rows if name.endswith("*")]
+    else:
+        rows = [(name, gres) for name, gres in rows if name.rstrip("*") == partition]
+        if not rows:
+            raise ConfigError(f"no SLURM partition {partition!r} (sinfo lists "
+                              f"{', '.join(names) or 'none'})")
+    if rows and not any("gpu" in gres for _, gres in rows):
+        name = rows[0][0].rstrip("*")
+        raise ConfigError(f"--slurm-gpus {gpus}, but the SLURM partition {name} has no GPUs "
+                          f"(gres {', '.join(sorted({g for _, g in rows}))}); use "
+                          f"--slurm-gpus 0 for CPU tasks, or --partition with GPU nodes")
 
 
 def _array_states(array_id: str) -> dict[str, str] | None:
@@ -96,7 +120,18 @@ class SlurmBackend:
                    max_retries=config.max_retries, max_timeouts=config.slurm_max_timeouts)
 
     def preflight(self) -> None:
-        """Nothing to check before the store: sbatch reports its own errors at submission."""
+        """Before the store is touched: tasks that ask for GPUs (`--slurm-gpus`) need a
+        partition (the given one, else the default) whose nodes have GPU gres, read with
+        `sinfo`. Where sinfo does not answer, sbatch reports its own errors at submission."""
+        if not self.gpus:
+            return
+        try:
+            r = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True,
+                               timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        if r.returncode == 0:
+            check_partition_gpus(r.stdout, self.partition, self.gpus)
 
     def _executor(self, folder: Path, name: str):
         import submitit
@@ -128,8 +163,8 @@ class SlurmBackend:
         loop = ClaimLoopJob(task, run, self.lease_s, self.max_timeouts)
         jobs = executor.map_array(loop, list(range(count)))
         array_id = jobs[0].job_id.split("_")[0]
-        print(f"submitted array job {array_id} ({count} task(s)); logs in {folder}; "
-              f"watch with: squeue -j {array_id}", file=sys.stderr)
+        log.info(f"submitted array job {array_id} ({count} task(s)); logs in {folder}; "
+                 f"watch with: squeue -j {array_id}")
 
         board = ClaimBoard(claims_root(store.storage, job.namespace), Owner.current(run))
         layout = store.layout
@@ -164,8 +199,7 @@ class SlurmBackend:
                     break
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:
-            print(f"\narray job {array_id} keeps running; stop it with: scancel {array_id}",
-                  file=sys.stderr)
+            log.warning(f"array job {array_id} keeps running; stop it with: scancel {array_id}")
             raise
         if wanted <= reported:  # tasks still pending would only find nothing to do
             subprocess.run(["scancel", "--state=PENDING", array_id], capture_output=True,

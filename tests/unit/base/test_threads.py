@@ -57,3 +57,13 @@ def test_ray_worker_nice_is_undone_where_allowed():
     code = ("import os; os.nice(15); from cejobs.threads import undo_ray_nice; "
             "print(undo_ray_nice())")
     assert in_child(code) == ("0" if os.geteuid() == 0 else "15")
+
+
+def test_ray_worker_takes_the_drivers_niceness():
+    """A driver started under `nice -n 10`: its workers, started by Ray at 15 (or at 0 by a
+    Ray configured so), take 10: from 0 always (lowering a priority), from 15 where a
+    priority may be raised (root here, in CI)."""
+    for start in (15, 0):
+        code = (f"import os; os.nice({start}); from cejobs.threads import undo_ray_nice; "
+                f"print(undo_ray_nice(10))")
+        assert in_child(code) == ("10" if start == 0 or os.geteuid() == 0 else "15")
