@@ -33,6 +33,8 @@ class StoreResult:
     # paired.compare_stores of this store (as a) with each later one, and paired.compare_
     # classifiers on this store: {"stores": [...], "classifiers": [...]}
     comparisons: dict = field(default_factory=dict)
+    # classifier name -> {"spec": as given, "sha256": of its weights file}
+    classifier_files: dict[str, dict] = field(default_factory=dict)
 
 
 def _ranges(ids: list[int]) -> str:
@@ -243,6 +245,8 @@ def markdown_report(results: list[StoreResult], figures: tuple[str, ...] = (),
         for clf, s in r.classifiers.items():
             if coverage_note(s["sources"]):
                 out.append(f"  - partial evaluation, {clf}: {coverage_note(s['sources'])}")
+        for clf, f in r.classifier_files.items():
+            out.append(f"  - classifier {clf}: `{f['spec']}`, sha256 {f['sha256']}")
     acc = accuracy_table(results)
     main = ["store", "classifier", "sources", "clean_accuracy", "ce_accuracy_same",
             "ce_accuracy_different", "prob_source_predicted", "r2", "slope"]
