@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import cejobs
 from cejobs.cli import evaluate_main, exit_status, generate_main
@@ -18,6 +17,7 @@ from cejobs.models.classifiers import load_classifier
 from cejobs.store.store import CEStore
 
 timm = pytest.importorskip("timm")
+save_file = pytest.importorskip("safetensors.torch").save_file
 torchvision = pytest.importorskip("torchvision")
 FAST = ["--backend", "local", "--threads", "1", "--no-progress"]
 DIGITS = (1, 8, 8)

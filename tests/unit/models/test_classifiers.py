@@ -4,7 +4,6 @@ errors. Weights are random, saved by the tests; nothing reaches the network."""
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from cejobs.errors import CheckpointError, ConfigError
 from cejobs.models import robustbench
@@ -13,6 +12,7 @@ from cejobs.models.classifiers import (classifier_file, load_classifier,
                                        parse_classifier_spec)
 
 timm = pytest.importorskip("timm")
+save_file = pytest.importorskip("safetensors.torch").save_file
 torchvision = pytest.importorskip("torchvision")
 DIGITS = (1, 8, 8)
 
