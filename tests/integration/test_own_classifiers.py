@@ -83,7 +83,7 @@ def test_evaluate_with_library_classifiers(store, specs, tiny_robustbench, tmp_p
         want_ce = _softmax(loaded.model, ce_x.reshape(n * k, *DIGITS)).reshape(n, k, 10)
         np.testing.assert_allclose(opened.read_rows(f"eval/{name}/ce_prob"), want_ce,
                                    rtol=1e-5, atol=1e-6)
-        assert summary["classifier_files"][name] == {"spec": spec,
+        assert summary["info"]["classifiers"][name] == {"spec": spec,
                                                      "sha256": file_sha256(loaded.path)}
         assert opened.group_attrs(f"eval/{name}")["spec"] == spec
         assert f"classifier {name}: `{spec}`" in (out / "report.md").read_text()
