@@ -2,6 +2,8 @@
 library model on normalised inputs; RobustBench's file layout and key conventions; one-line
 errors. Weights are random, saved by the tests; nothing reaches the network."""
 
+import hashlib
+
 import pytest
 import torch
 
@@ -97,3 +99,22 @@ def test_bad_specs_are_one_line_errors(tmp_path):
         load_classifier(f"timm:test_resnet@{tmp_path / 'other.pt'}", DIGITS, 10)
     with pytest.raises(ConfigError, match="needs the dataset's image shape"):
         load_classifier(f"timm:test_resnet@{tmp_path / 'other.pt'}")
+
+
+def test_driver_bytes_load_without_the_file(tmp_path, monkeypatch):
+    """A Ray worker gets the driver's bytes and path: the file need not exist there."""
+    entry = _tiny_robustbench(monkeypatch)
+    torch.manual_seed(3)
+    net = entry.build().eval()
+    path = tmp_path / "models" / "digits" / "L2" / "Tiny.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), path)
+    spec = f"robustbench:Tiny@{tmp_path / 'models'}"
+    found = classifier_file(spec)
+    data = found.read_bytes()
+    path.unlink()
+    loaded = load_classifier(spec, data=data, path=found)
+    x = torch.rand(2, *DIGITS)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), net((x - 0.25) / 0.5))
+    assert loaded.path == found and loaded.sha256 == hashlib.sha256(data).hexdigest()
