@@ -5,7 +5,8 @@ classifier"). Nothing is ever downloaded.
     PATH                              a cejobs classifier checkpoint
     torchvision:ARCH@WEIGHTS[;OPTS]   torchvision.models.get_model(ARCH), weights from WEIGHTS
     timm:ARCH@WEIGHTS[;OPTS]          timm.create_model(ARCH), weights from WEIGHTS
-    robustbench:NAME@MODEL_DIR[;OPTS] RobustBench's NAME, weights MODEL_DIR/<dataset>/<threat>/NAME.pt
+    robustbench:NAME@MODEL_DIR[;OPTS] RobustBench's NAME, weights in
+                                      MODEL_DIR/<dataset>/<threat>/NAME.pt
 
 WEIGHTS is a state dict in a safetensors file, or in a torch file that loads with
 `weights_only=True`; a dict holding it under "state_dict", and DataParallel's "module."

@@ -60,8 +60,8 @@ class ClassifierTrainConfig(TrainSettings):
     epochs: int = setting(100, "training epochs", ge=1)
     lr: float = setting(1e-3, "Adam learning rate (betas 0.9, 0.999)", identity=True, gt=0)
     eps: float = setting(0.0, "radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)", identity=True, ge=0)
-    threat: str = setting("l2", "threat model of PGD training and of the final evaluation: l2 | linf",
-                          choices=THREATS, identity=True)
+    threat: str = setting("l2", "threat model of PGD training and of the final evaluation: "
+                                "l2 | linf", choices=THREATS, identity=True)
     pgd_steps: int = setting(8, "PGD steps of adversarial training", identity=True, ge=1)
     pgd_step_size: float | None = setting(None, "PGD step size (default: 2.5 * eps / pgd_steps)", identity=True)
     augment: str = setting("auto", "auto (crop-flip for cifar10, else none) | none | crop-flip | crop",
@@ -181,7 +181,8 @@ def evaluate_classifier(
         for steps in eval_steps:
             acc = accuracy(model, data, device, eps=eps, steps=steps, batch_size=batch_size,
                            threat=threat)
-            attacks.append(dict(attack=f"pgd-{threat}", eps=eps, steps=steps, step_size=2.5 * eps / steps, acc=acc))
+            attacks.append(dict(attack=f"pgd-{threat}", eps=eps, steps=steps,
+                                step_size=2.5 * eps / steps, acc=acc))
     metrics["attacks"] = attacks
     return metrics
 
@@ -209,7 +210,8 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
         num_classes=train.num_classes, in_channels=train.image_shape[0], image_size=train.image_shape[1],
         dropout=dropout, input_mean=tuple(mean), input_std=tuple(std),
     )
-    eval_eps = _floats(cfg.eval_eps, "eval-eps") if cfg.eval_eps is not None else default_eval_eps(cfg.dataset, cfg.eps, cfg.threat)
+    eval_eps = (_floats(cfg.eval_eps, "eval-eps") if cfg.eval_eps is not None
+                else default_eval_eps(cfg.dataset, cfg.eps, cfg.threat))
     eval_steps = [int(s) for s in _floats(cfg.eval_steps, "eval-steps")]
 
     torch.manual_seed(cfg.seed)
