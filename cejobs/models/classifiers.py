@@ -101,6 +101,8 @@ def _per_channel(values, channels: int, name: str) -> Tensor:
         v = v.expand(channels)
     if v.numel() != channels:
         raise ConfigError(f"{name} has {v.numel()} values for {channels} input channels")
+    if name == "std" and not bool((v > 0).all()):
+        raise ConfigError(f"std must be > 0 (got {v.tolist()})")
     return v.reshape(1, channels, 1, 1).clone()
 
 

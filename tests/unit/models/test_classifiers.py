@@ -99,6 +99,12 @@ def test_bad_specs_are_one_line_errors(tmp_path):
         load_classifier(f"timm:test_resnet@{tmp_path / 'other.pt'}", DIGITS, 10)
     with pytest.raises(ConfigError, match="needs the dataset's image shape"):
         load_classifier(f"timm:test_resnet@{tmp_path / 'other.pt'}")
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=1)
+    save_file(net.state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(ConfigError, match="std has 2 values for 1 input channels"):
+        load_classifier(f"timm:test_resnet@{tmp_path / 'w.safetensors'};std=1,2", DIGITS, 10)
+    with pytest.raises(ConfigError, match="std must be > 0"):
+        load_classifier(f"timm:test_resnet@{tmp_path / 'w.safetensors'};std=0", DIGITS, 10)
 
 
 def test_driver_bytes_load_without_the_file(tmp_path, monkeypatch):
