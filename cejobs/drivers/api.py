@@ -4,6 +4,7 @@
     store = cejobs.generate(sources=4, steps=20, backend="local", store="runs/demo.zarr")
     data = cejobs.open_store("runs/demo.zarr")   # data.tree (xarray), data.ces (pandas)
     tables = cejobs.evaluate(store=["runs/demo.zarr"], backend="local")
+    net = cejobs.load_classifier("timm:resnet18@weights.safetensors", dataset="digits")
 
 `generate` and `evaluate` are plain functions whose keyword-only parameters are the fields of
 GenerateConfig and EvaluateConfig (the CLI's flags, with underscores), with their defaults:
@@ -184,6 +185,24 @@ def labelled_tree(store: CEStore, tree: Any) -> Any:
         order = variable_order(list(data.data_vars), prefix)
         nodes[node.path] = data[order] if order else data
     return xr.DataTree.from_dict(nodes)
+
+
+def load_classifier(spec: str, dataset: str | None = None, *, data_root: str | None = None,
+                    image_shape: tuple[int, int, int] | None = None,
+                    num_classes: int | None = None, device: str = "cpu"):
+    """The classifier of `spec` as the evaluation workers use it: a cejobs checkpoint path, or
+    `torchvision:ARCH@WEIGHTS`, `timm:ARCH@WEIGHTS`, `robustbench:NAME@MODEL_DIR` (options
+    `;mean=...;std=...`; docs/models.md, "Your own classifier"), in eval mode, taking images in
+    [0, 1]. torchvision and timm models take their input channels and classes from `dataset`
+    (a dataset name, e.g. "digits") or from `image_shape` (C, H, W) and `num_classes`."""
+    from cejobs.data import load_dataset
+    from cejobs.models.classifiers import load_classifier as load
+
+    if dataset is not None and (image_shape is None or num_classes is None):
+        images = load_dataset(dataset, data_root, "test")
+        image_shape = image_shape or tuple(images.image_shape)
+        num_classes = num_classes or images.num_classes
+    return load(spec, image_shape, num_classes, map_location=device).model
 
 
 def open_store(path: str | Path) -> StoreData:

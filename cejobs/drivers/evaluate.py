@@ -3,7 +3,7 @@
 
 1. Check every input before any work (cejobs.jobs.eval_inputs): stores complete (or
    `--allow-partial`), classifiers fit the stores' image shape and classes, and a classifier
-   name already in a store has the same checkpoint sha256.
+   name already in a store has the same weights file sha256.
 2. Per store, under its evaluate lease (cejobs.store.lease): the repair policy re-reads the
    store's eval arrays and resets exactly the damaged (classifier, shard) flags
    (cejobs.store.repair); the driver creates `eval/<name>/` for each classifier, then one
@@ -65,7 +65,7 @@ def prepare(config: EvaluateConfig | list[str] | None) -> EvalJob:
     stores = [CEStore.open(p) for p in paths]
     clf_paths = (parse_classifier_flags(config.classifier) if config.classifier
                  else default_classifier_paths(stores))
-    classifiers = load_classifiers(clf_paths)
+    classifiers = load_classifiers(clf_paths, stores)
     check_inputs(stores, classifiers, config.allow_partial)
     out = Path(config.out) if config.out else default_out(paths[0])
     return EvalJob(config, paths, stores, store_labels(paths), classifiers, out)
@@ -74,7 +74,8 @@ def prepare(config: EvaluateConfig | list[str] | None) -> EvalJob:
 def create_tasks(job: EvalJob) -> list[ShardTask]:
     """Driver only: create eval/<name>/ of every classifier in every store; one task per store."""
     tasks = []
-    specs = {c.name: {"path": str(c.path.resolve()), "sha256": c.sha256} for c in job.classifiers}
+    specs = {c.name: {"path": str(c.path.resolve()), "sha256": c.sha256, "spec": c.spec}
+             for c in job.classifiers}
     for store in job.stores:
         for name, spec in specs.items():
             create_eval_arrays(store, name, {"classifier": name, **spec})

@@ -14,7 +14,6 @@ import shlex
 from cejobs.backends import Backend, make_ready_backend
 from cejobs.data import load_dataset
 from cejobs.jobs.methods import METHODS
-from cejobs.models.checkpoint import load_checkpoint
 from cejobs.drivers.progress import Progress
 from cejobs.errors import ConfigError
 from cejobs.jobs.config import GenerateConfig
@@ -35,8 +34,9 @@ output = logging.getLogger("cejobs.output")  # a command's results (cejobs.cli)
 def check_checkpoint(config: GenerateConfig, dataset) -> dict[str, str]:
     """Load the run's checkpoint once, check it fits the dataset; return its checksum field."""
     method = METHODS[config.method]
-    path = method.checkpoint_path(config)
-    ckpt = load_checkpoint(path, expect_kind=method.checkpoint)
+    path = config.classifier if method.checkpoint == "classifier" and config.classifier \
+        else method.checkpoint_path(config)
+    ckpt = method.load_net(config, dataset.image_shape, dataset.num_classes)
     shape = tuple(ckpt.meta["image_shape"])
     if shape != tuple(dataset.image_shape) or ckpt.meta["num_classes"] != dataset.num_classes:
         raise ConfigError(

@@ -29,7 +29,8 @@ class StoreResult:
     distances: dict  # metrics.distance_summary(...)
     classifiers: dict[str, dict] = field(default_factory=dict)  # name -> metrics.summarize(...)
     path: str = ""  # where the store is, for the record
-    info: dict = field(default_factory=dict)  # e.g. {"method": "boltzmann", "split": "train"}
+    # e.g. {"method": "boltzmann", "split": "train", "classifiers": {name: {"spec", "sha256"}}}
+    info: dict = field(default_factory=dict)
     # paired.compare_stores of this store (as a) with each later one, and paired.compare_
     # classifiers on this store: {"stores": [...], "classifiers": [...]}
     comparisons: dict = field(default_factory=dict)
@@ -241,13 +242,15 @@ def markdown_report(results: list[StoreResult], figures: tuple[str, ...] = (),
     out = ["# cejobs evaluation report", "", f"cejobs {__version__}. {_intervals_note(intervals)}",
            "", "## Stores", ""]
     for r in results:
-        extra = ", ".join(f"{k}={v}" for k, v in r.info.items())
+        extra = ", ".join(f"{k}={v}" for k, v in r.info.items() if k != "classifiers")
         note = coverage_note(r.distances["sources"]) or f"{r.distances['sources']['total']} sources"
         out.append(f"- **{r.name}**{f' ({extra})' if extra else ''}: `{r.path}`, {note}; "
                    f"classifiers: {', '.join(r.classifiers) or 'none'}")
         for clf, s in r.classifiers.items():
             if coverage_note(s["sources"]):
                 out.append(f"  - partial evaluation, {clf}: {coverage_note(s['sources'])}")
+        for clf, f in r.info.get("classifiers", {}).items():
+            out.append(f"  - classifier {clf}: `{f['spec']}`, sha256 {f['sha256']}")
     acc = accuracy_table(results)
     main = ["store", "classifier", "sources", "clean_accuracy", "ce_accuracy_same",
             "ce_accuracy_different", "prob_source_predicted", "r2", "slope"]

@@ -67,7 +67,9 @@ def evaluate_store(store: CEStore, label: str, classifiers: list[Classifier],
              "grid_rows": np.flatnonzero(gen_valid)[:GRID_SOURCES], "probs": probs,
              "arrays": StoreArrays(label, store.identity, store.read_rows("source/index"),
                                      y, t, l2, l0, gen_valid)}
-    return StoreResult(label, distances, per_clf, str(store.storage), info), plots
+    files = {c.name: {"spec": c.spec or str(c.path), "sha256": c.sha256} for c in classifiers}
+    return StoreResult(label, distances, per_clf, str(store.storage),
+                       {**info, "classifiers": files}), plots
 
 
 def comparisons(plots: list[dict], n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict:

@@ -102,7 +102,8 @@ class GenerateConfig(Resources):
                            "position", identity=True)
     model: str | None = setting(None, "diffusion checkpoint; unset: data/digits/diffusion.pt")
     classifier: str | None = setting(
-        None, "classifier checkpoint for --method robust; unset: "
+        None, "classifier for --method robust: a checkpoint, or torchvision:ARCH@WEIGHTS, "
+              "timm:ARCH@WEIGHTS, robustbench:NAME@MODEL_DIR (docs/models.md); unset: "
               "data/digits/classifier-l2-eps1.0.pt"
     )
     precision: str = setting(DEFAULT_PRECISION,
@@ -187,8 +188,10 @@ class EvaluateConfig(Resources):
 
     store: list[str] = setting([], "a store made by generate; repeat to compare stores (their "
                                    "labels are the folder names without .zarr)")
-    classifier: list[str] = setting([], "NAME=CKPT, a classifier and its name; repeat for several "
-                                        "(none: data/digits/classifier-*.pt, named by file stem "
+    classifier: list[str] = setting([], "NAME=CKPT or NAME=SPEC (torchvision:, timm:, "
+                                        "robustbench:; docs/models.md), a classifier and its "
+                                        "name; repeat for several (none: "
+                                        "data/digits/classifier-*.pt, named by file stem "
                                         "without 'classifier-', for digits stores)")
     out: str | None = setting(None, "output folder; unset: the first store's path with .zarr "
                                     "replaced by .eval")

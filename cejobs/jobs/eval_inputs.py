@@ -1,5 +1,6 @@
-"""The inputs of an evaluation: classifiers (named checkpoints), store labels, and the checks
-done before any work (docs/evaluation.md)."""
+"""The inputs of an evaluation: classifiers (named specs: cejobs checkpoints or library models,
+cejobs.models.classifiers), store labels, and the checks done before any work
+(docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cejobs.errors import ConfigError, StoreError
-from cejobs.models.checkpoint import load_checkpoint
+from cejobs.models.classifiers import load_classifier
 from cejobs.jobs.config import REPO_DATA
 from cejobs.store.layout import eval_prefix
 from cejobs.store.storage import Storage
@@ -21,24 +22,27 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a classifier name is one
 @dataclass(frozen=True)
 class Classifier:
     name: str  # its label, and its group eval/<name> in every store
-    path: Path
-    sha256: str
+    path: Path  # its weights file
+    sha256: str  # of that file
     image_shape: tuple[int, ...]
     num_classes: int
+    spec: str = ""  # as given: a checkpoint path, or torchvision:/timm:/robustbench: ARCH@...
 
 
-def parse_classifier_flags(items: list[str]) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+def parse_classifier_flags(items: list[str]) -> dict[str, str]:
+    """NAME=SPEC flags -> {name: spec}."""
+    out: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not path:
-            raise ConfigError(f"--classifier must look like NAME=CKPT (got {item!r})")
+            raise ConfigError(f"--classifier must look like NAME=CKPT or NAME=SPEC "
+                              f"(got {item!r})")
         if not NAME_RE.fullmatch(name):
             raise ConfigError(f"classifier name {name!r} must be letters, digits and _.+- "
                               f"(it names the folder eval/<name> in the store)")
         if name in out:
             raise ConfigError(f"classifier name {name!r} is given twice")
-        out[name] = Path(path)
+        out[name] = path
     return out
 
 
@@ -79,12 +83,17 @@ def store_labels(paths: list[Storage]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- checks
-def load_classifiers(paths: dict[str, Path]) -> list[Classifier]:
+def load_classifiers(specs: dict[str, str | Path], stores: list[CEStore]) -> list[Classifier]:
+    """Load each classifier once (library models take the first store's image shape and
+    classes; check_inputs compares them with every store's)."""
+    lay = stores[0].layout if stores else None
+    shape = tuple(lay.image_shape) if lay else None
     out = []
-    for name, path in paths.items():
-        ckpt = load_checkpoint(path, expect_kind="classifier")
-        out.append(Classifier(name, path, ckpt.sha256, tuple(ckpt.meta["image_shape"]),
-                              int(ckpt.meta["num_classes"])))
+    for name, spec in specs.items():
+        loaded = load_classifier(str(spec), shape, lay.num_classes if lay else None)
+        out.append(Classifier(name, loaded.path, loaded.sha256,
+                              tuple(loaded.meta["image_shape"]),
+                              int(loaded.meta["num_classes"]), loaded.spec))
     return out
 
 
@@ -101,7 +110,7 @@ def check_inputs(stores: list[CEStore], classifiers: list[Classifier], allow_par
             recorded = store.classifier_sha256(c.name)
             if recorded is not None and recorded != c.sha256:
                 raise ConfigError(
-                    f"{store.storage} already has {eval_prefix(c.name)} from a checkpoint with "
+                    f"{store.storage} already has {eval_prefix(c.name)} from a file with "
                     f"sha256 "
                     f"{recorded[:12]}, but {c.path} has {c.sha256[:12]}; give it another name")
         done = store.done()

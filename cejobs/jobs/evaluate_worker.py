@@ -19,11 +19,12 @@ from cejobs.store.store import CEStore
 from cejobs.hosts import worker_name
 from cejobs.jobs.results import ShardError, ShardResult
 from cejobs.jobs.tasks import ShardTask
-from cejobs.jobs.worker_inputs import WorkerInputs, load_checkpoint_from
+from cejobs.jobs.worker_inputs import WorkerInputs, load_classifier_from
 
 
 class EvaluateWorker:
-    """task.options["classifiers"]: name -> {"path", "sha256"}; `run_shard(s)` evaluates shard s."""
+    """task.options["classifiers"]: name -> {"path", "sha256", "spec"}; `run_shard(s)` evaluates
+    shard s."""
 
     def __init__(self, task: ShardTask, device: str | None = None,
                  inputs: WorkerInputs | None = None):  # the driver's checkpoints (Ray)
@@ -31,8 +32,10 @@ class EvaluateWorker:
         self.batch_size = task.config.batch_size
         self.store = CEStore.open(task.store)
         self.classifiers: dict[str, torch.nn.Module] = {}
+        lay = self.store.layout
         for name, spec in task.options["classifiers"].items():
-            ckpt = load_checkpoint_from(inputs, spec["path"], expect_kind="classifier")
+            ckpt = load_classifier_from(inputs, spec.get("spec") or spec["path"], spec["path"],
+                                        tuple(lay.image_shape), lay.num_classes)
             expected = str(self.store.classifier_sha256(name))
             if ckpt.sha256 != expected:
                 raise ShardError(f"classifier {name} on {worker_name()} has sha256 "

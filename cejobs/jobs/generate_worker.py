@@ -22,7 +22,7 @@ from cejobs.jobs.methods import METHODS, CEParams
 from cejobs.jobs.plan import make_plan
 from cejobs.jobs.results import ShardError, ShardResult
 from cejobs.jobs.tasks import ShardTask
-from cejobs.jobs.worker_inputs import WorkerInputs, load_checkpoint_from
+from cejobs.jobs.worker_inputs import WorkerInputs
 
 
 class GenerateWorker:
@@ -41,8 +41,8 @@ class GenerateWorker:
         self.dataset = (inputs.dataset if inputs and inputs.dataset is not None
                         else load_dataset(config.dataset, config.data_root, config.split))
         self.plan = make_plan(config, len(self.dataset), self.dataset.num_classes)
-        ckpt = load_checkpoint_from(inputs, method.checkpoint_path(config),
-                                    expect_kind=method.checkpoint)
+        ckpt = method.load_net(config, self.dataset.image_shape, self.dataset.num_classes,
+                               inputs)
         expected = self.store.identity.get(method.sha256_field)
         if ckpt.sha256 != expected:
             raise ShardError(f"checkpoint on {worker_name()} has sha256 "

@@ -84,7 +84,8 @@ class Generate(JobKind):
 
 
 class Evaluate(JobKind):
-    """task.options["classifiers"]: name -> {"path", "sha256"}, each written to eval/<name>."""
+    """task.options["classifiers"]: name -> {"path", "sha256", "spec"}, each written to
+    eval/<name>."""
 
     name, namespace = "evaluate", "eval"
 

@@ -74,11 +74,31 @@ class Method:
         """The identity field that records its checkpoint's sha256 in the store."""
         return "model_sha256" if self.checkpoint == "diffusion" else "classifier_sha256"
 
-    def checkpoint_path(self, config) -> Path:
-        """The checkpoint of a run (--model or --classifier, else the shipped digits one)."""
+    def checkpoint_path(self, config, must_exist: bool = True) -> Path:
+        """The checkpoint of a run (--model or --classifier, else the shipped digits one); for
+        a library classifier (cejobs.models.classifiers), its weights file."""
         if self.checkpoint == "diffusion":
             return config.resolved_model()
-        return config.resolved_classifier()
+        from cejobs.models.classifiers import classifier_file
+
+        return classifier_file(classifier_spec(config), must_exist)
+
+    def load_net(self, config, image_shape, num_classes: int, inputs=None):
+        """The run's network, from the driver's bytes when `inputs` has them: a
+        LoadedCheckpoint, or for --classifier a LoadedClassifier (both: model, meta, sha256).
+        Library classifiers take the dataset's `image_shape` and `num_classes`."""
+        from cejobs.jobs.worker_inputs import load_checkpoint_from, load_classifier_from
+
+        path = self.checkpoint_path(config, must_exist=inputs is None)
+        if self.checkpoint == "diffusion":
+            return load_checkpoint_from(inputs, path, expect_kind="diffusion")
+        return load_classifier_from(inputs, classifier_spec(config), path, tuple(image_shape),
+                                    num_classes)
+
+
+def classifier_spec(config) -> str:
+    """--classifier as given (a checkpoint path or a library spec), else the shipped one."""
+    return str(config.classifier) if config.classifier else str(config.resolved_classifier())
 
 
 def _load_diffusion(net, meta: dict, params: CEParams, device) -> Engine:

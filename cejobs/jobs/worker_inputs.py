@@ -42,3 +42,13 @@ def load_checkpoint_from(inputs: WorkerInputs | None, path: str | Path, **kwargs
     from cejobs.models.checkpoint import load_checkpoint
 
     return load_checkpoint(path, data=inputs.checkpoint(path) if inputs else None, **kwargs)
+
+
+def load_classifier_from(inputs: WorkerInputs | None, spec: str, path: str | Path,
+                         image_shape: tuple, num_classes: int):
+    """cejobs.models.classifiers.load_classifier of `spec`, whose weights file the driver
+    found at `path`, from the driver's bytes when they came."""
+    from cejobs.models.classifiers import load_classifier
+
+    data = inputs.checkpoint(path) if inputs else None
+    return load_classifier(spec, image_shape, num_classes, data=data, path=Path(path))

@@ -4,7 +4,7 @@ The defaults are the paper's recipes (docs/models.md); the shipped digits models
 with the commands listed there.
 """
 
-from cejobs.train.classifier import ClassifierTrainConfig, pgd_l2, train_classifier
+from cejobs.train.classifier import ClassifierTrainConfig, pgd, pgd_l2, train_classifier
 from cejobs.errors import TrainError
 from cejobs.train.diffusion import DiffusionTrainConfig, train_diffusion
 
@@ -12,6 +12,7 @@ __all__ = [
     "ClassifierTrainConfig",
     "DiffusionTrainConfig",
     "TrainError",
+    "pgd",
     "pgd_l2",
     "train_classifier",
     "train_diffusion",

@@ -12,7 +12,8 @@ checkpoint's meta["metrics"]. The default radius of that evaluation is the paper
 datasets, one radius for every model (tables 1-2: PGD(8, 0.5) on cifar10, PGD(8, 0.2) on svhn,
 the eps = 0 model included); elsewhere (digits) the model's own training eps. The PGD step rule
 (2.5 eps / steps), the absence of a random start and the extra 20-step attack are our choices:
-the paper does not state them.
+the paper does not state them. `--threat linf` runs the same PGD in the L-infinity ball
+(cejobs.method.attacks) for training and evaluation, which then defaults to the training eps.
 `--with-ces STORE` mixes a store's CEs into every batch, standard or adversarial
 (cejobs/train/ce_mixing.py).
 """
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from cejobs.data import ImageDataset, load_dataset
 from cejobs.models import WRN_PRESETS, WideResNet
 from cejobs.models.checkpoint import save_checkpoint
+from cejobs.method.attacks import THREATS, pgd, pgd_l2  # noqa: F401 - pgd_l2: public name
 from cejobs.devices import resolve_device
 from cejobs.settings import setting
 from cejobs.train.ce_mixing import CE_LABELS, CEMix
@@ -60,13 +62,15 @@ class ClassifierTrainConfig(TrainSettings):
     dropout: float | None = setting(None, "dropout (default: 0.3 when --eps is 0, else 0)", identity=True, ge=0, lt=1)
     epochs: int = setting(100, "training epochs", ge=1)
     lr: float = setting(1e-3, "Adam learning rate (betas 0.9, 0.999)", identity=True, gt=0)
-    eps: float = setting(0.0, "L2 radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)", identity=True, ge=0)
+    eps: float = setting(0.0, "radius of PGD adversarial training, in [0, 1] pixel units (0: standard training)", identity=True, ge=0)
+    threat: str = setting("l2", "threat model of PGD training and of the final evaluation: "
+                                "l2 | linf", choices=THREATS, identity=True)
     pgd_steps: int = setting(8, "PGD steps of adversarial training", identity=True, ge=1)
     pgd_step_size: float | None = setting(None, "PGD step size (default: 2.5 * eps / pgd_steps)", identity=True)
     augment: str = setting("auto", "auto (crop-flip for cifar10, else none) | none | crop-flip | crop",
                            choices=AUGMENTS, identity=True)
     eval_split: str = setting("test", "split for the final accuracies")
-    eval_eps: str | None = setting(None, "comma-separated L2 eps of the final PGD evaluation (default: the "
+    eval_eps: str | None = setting(None, "comma-separated eps (in --threat) of the final PGD evaluation (default: the "
                                    "paper's 0.5 for cifar10, 0.2 for svhn; else --eps if > 0)")
     eval_steps: str = setting("8,20", "comma-separated PGD step counts of the final evaluation")
     eval_batch_size: int = setting(500, "images per evaluation batch", ge=1)
@@ -84,47 +88,16 @@ class ClassifierTrainConfig(TrainSettings):
                             "source's label", choices=CE_LABELS, identity=True)
 
     def identity(self) -> dict:
-        """The settings a resume must repeat; the CE ones only when CEs are mixed in, so a run
-        without CEs has the settings of a run made before they existed."""
+        """The settings a resume must repeat; the CE ones only when CEs are mixed in, and the
+        threat only when it is not L2, so a run with neither has the settings of a resume file
+        made before those options existed."""
         settings = super().identity()
         if not self.with_ces:
             for name in ("with_ces", "ce_fraction", "ce_label"):
                 settings.pop(name, None)
+        if self.threat == "l2":
+            settings.pop("threat", None)
         return settings
-
-
-def pgd_l2(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    steps: int = 8,
-    step_size: float | None = None,
-) -> Tensor:
-    """L2 PGD adversarial examples of images x in [0, 1] (no random start; model in eval mode).
-
-    Each step moves by `step_size` (default 2.5 eps / steps) along the per-example normalised
-    gradient of the cross entropy, projects onto ||delta||_2 <= eps and clips to [0, 1].
-    """
-    if eps <= 0 or steps <= 0:
-        return x.detach()
-    alpha = 2.5 * eps / steps if step_size is None else step_size
-    was_training = model.training
-    model.eval()
-    x = x.detach()
-    delta = torch.zeros_like(x)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta).float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-        delta = delta.detach() + alpha * grad / grad_norm
-        delta_norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-        delta = delta * (eps / delta_norm).clamp(max=1.0)  # project onto the L2 ball
-        delta = (x + delta).clamp(0.0, 1.0) - x  # stay a valid image
-    model.train(was_training)
-    return (x + delta).detach()
 
 
 @torch.no_grad()
@@ -139,8 +112,9 @@ def accuracy(
     eps: float = 0.0,
     steps: int = 8,
     batch_size: int = 500,
+    threat: str = "l2",
 ) -> float:
-    """Accuracy on `data`, clean (eps = 0) or under L2 PGD(steps) at eps."""
+    """Accuracy on `data`, clean (eps = 0) or under PGD(steps) at eps in the `threat` model."""
     was_training = model.training
     model.eval()
     correct = 0
@@ -149,7 +123,7 @@ def accuracy(
         x = data.images(idx).to(device)
         y = torch.as_tensor(data.labels[idx], device=device)
         if eps > 0:
-            x = pgd_l2(model, x, y, eps, steps)
+            x = pgd(model, x, y, eps, steps, threat=threat)
         correct += int((_predict(model, x) == y).sum())
     model.train(was_training)
     return correct / max(len(data), 1)
@@ -189,10 +163,11 @@ def _validate(cfg: ClassifierTrainConfig) -> None:
         raise TrainError("--eval-steps values must be integers >= 1")
 
 
-def default_eval_eps(dataset: str, eps: float) -> list[float]:
-    """The radius of the final PGD evaluation without --eval-eps: the paper's for its datasets
-    (the same for every model, eps = 0 included), else the training eps (none at eps = 0)."""
-    if dataset in PAPER_EVAL_EPS:
+def default_eval_eps(dataset: str, eps: float, threat: str = "l2") -> list[float]:
+    """The radius of the final PGD evaluation without --eval-eps: in L2 the paper's for its
+    datasets (the same for every model, eps = 0 included), else the training eps (none at
+    eps = 0)."""
+    if threat == "l2" and dataset in PAPER_EVAL_EPS:
         return [PAPER_EVAL_EPS[dataset]]
     return [eps] if eps > 0 else []
 
@@ -218,14 +193,17 @@ def evaluate_classifier(
     eval_eps: list[float],
     eval_steps: list[int],
     batch_size: int = 500,
+    threat: str = "l2",
 ) -> dict:
-    """Clean accuracy and L2 PGD accuracies, as stored in meta["metrics"]."""
+    """Clean accuracy and PGD accuracies in the `threat` model, as stored in meta["metrics"]."""
     metrics = {"split": data.split, "n": len(data), "clean_acc": accuracy(model, data, device, batch_size=batch_size)}
     attacks = []
     for eps in eval_eps:
         for steps in eval_steps:
-            acc = accuracy(model, data, device, eps=eps, steps=steps, batch_size=batch_size)
-            attacks.append(dict(attack="pgd-l2", eps=eps, steps=steps, step_size=2.5 * eps / steps, acc=acc))
+            acc = accuracy(model, data, device, eps=eps, steps=steps, batch_size=batch_size,
+                           threat=threat)
+            attacks.append(dict(attack=f"pgd-{threat}", eps=eps, steps=steps,
+                                step_size=2.5 * eps / steps, acc=acc))
     metrics["attacks"] = attacks
     return metrics
 
@@ -233,7 +211,8 @@ def evaluate_classifier(
 def format_metrics(metrics: dict) -> str:
     lines = [f"clean accuracy ({metrics['split']}, n={metrics['n']}): {100 * metrics['clean_acc']:.2f}%"]
     for a in metrics["attacks"]:
-        lines.append(f"L2 PGD-{a['steps']} eps {a['eps']:g}: {100 * a['acc']:.2f}%")
+        norm = {"pgd-l2": "L2", "pgd-linf": "Linf"}[a["attack"]]
+        lines.append(f"{norm} PGD-{a['steps']} eps {a['eps']:g}: {100 * a['acc']:.2f}%")
     return "\n".join(lines)
 
 
@@ -252,7 +231,8 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
         num_classes=train.num_classes, in_channels=train.image_shape[0], image_size=train.image_shape[1],
         dropout=dropout, input_mean=tuple(mean), input_std=tuple(std),
     )
-    eval_eps = _floats(cfg.eval_eps, "eval-eps") if cfg.eval_eps is not None else default_eval_eps(cfg.dataset, cfg.eps)
+    eval_eps = (_floats(cfg.eval_eps, "eval-eps") if cfg.eval_eps is not None
+                else default_eval_eps(cfg.dataset, cfg.eps, cfg.threat))
     eval_steps = [int(s) for s in _floats(cfg.eval_steps, "eval-steps")]
 
     torch.manual_seed(cfg.seed)
@@ -296,7 +276,7 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
     n_params = sum(p.numel() for p in model.parameters())
     tqdm.write(
         f"classifier: {cfg.dataset} ({n} train, {len(test)} {cfg.eval_split}), WRN {cfg.preset} "
-        f"{n_params / 1e6:.2f}M params, dropout {dropout}, eps {cfg.eps}, augment {augment}, "
+        f"{n_params / 1e6:.2f}M params, dropout {dropout}, eps {cfg.eps} ({cfg.threat}), augment {augment}, "
         f"epochs {start_epoch}..{cfg.epochs} on {device}"
         + (f", {len(mix)} CEs of {cfg.with_ces} as {cfg.ce_fraction:g} of each batch "
            f"(labelled {cfg.ce_label})" if mix is not None else "")
@@ -315,7 +295,7 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
             x = _augment(x, augment, aug_gen).to(device, memory_format=memory_format)
             y = y.to(device)
             if cfg.eps > 0:
-                x = pgd_l2(model, x, y, cfg.eps, cfg.pgd_steps, cfg.pgd_step_size)
+                x = pgd(model, x, y, cfg.eps, cfg.pgd_steps, cfg.pgd_step_size, cfg.threat)
             with autocast:
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
@@ -335,7 +315,8 @@ def train_classifier(cfg: ClassifierTrainConfig, argv: list[str] | None = None) 
             save(resume_path(cfg.out), done, {}, with_state=True)
     bar.close()
 
-    metrics = evaluate_classifier(model, test, device, eval_eps, eval_steps, cfg.eval_batch_size)
+    metrics = evaluate_classifier(model, test, device, eval_eps, eval_steps, cfg.eval_batch_size,
+                                  cfg.threat)
     save(cfg.out, cfg.epochs, metrics, with_state=False)
     tqdm.write(format_metrics(metrics))
     tqdm.write(f"saved {cfg.out}")

@@ -9,7 +9,7 @@ from cejobs.models.checkpoint import load_checkpoint
 from functools import partial
 
 from cejobs.cli import exit_status, train_main
-from cejobs.train.classifier import pgd_l2
+from cejobs.train.classifier import accuracy, pgd_l2
 from cejobs.train.common import stream_batch
 from tests.conftest import run_module
 
@@ -121,6 +121,21 @@ def test_classifier_standard_defaults(small_npz, tmp_path):
     ck = load_checkpoint(tmp_path / "s.pt")
     assert ck.arch_kwargs["dropout"] == 0.3 and ck.meta["metrics"]["attacks"] == []
     assert ck.meta["train"]["lr"] == 1e-3 and not (tmp_path / "s.pt.resume.pt").exists()
+
+
+def test_classifier_linf_training_reports_linf_attacks(small_npz, tmp_path):
+    out = tmp_path / "linf.pt"
+    assert run(["classifier", "--dataset", str(small_npz), "--preset", "tiny", "--epochs", "1",
+                "--batch-size", "48", "--eps", "0.1", "--threat", "linf", "--pgd-steps", "2",
+                "--eval-steps", "3", "--save-every", "0", "--no-progress", "--device", "cpu",
+                "--out", str(out)]) == 0
+    ck = load_checkpoint(out)
+    [attack] = ck.meta["metrics"]["attacks"]
+    assert (attack["attack"], attack["eps"], attack["steps"]) == ("pgd-linf", 0.1, 3)
+    assert ck.meta["train"]["threat"] == "linf"
+    test = load_dataset(str(small_npz), split="test")
+    expected = accuracy(ck.model, test, torch.device("cpu"), eps=0.1, steps=3, threat="linf")
+    assert attack["acc"] == expected
 
 
 def test_pgd_l2_stays_in_ball_and_box():
