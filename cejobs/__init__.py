@@ -1,7 +1,8 @@
 """cejobs: counterfactual-example datasets from a class-conditional diffusion model.
 
 The Python API runs the same code as the CLIs (cejobs.drivers.api):
-`cejobs.generate(...)`, `cejobs.open_store(path)`, `cejobs.evaluate(...)`.
+`cejobs.generate(...)`, `cejobs.open_store(path)`, `cejobs.evaluate(...)`, and
+`cejobs.load_model(spec)`: the eps-network of any `--model` (docs/models.md).
 """
 
 from cejobs.threads import passive_openmp_default
@@ -10,7 +11,7 @@ passive_openmp_default()  # before any cejobs module loads torch (cejobs/threads
 
 from cejobs.version import __version__  # noqa: E402
 
-API = ("generate", "evaluate", "open_store")
+API = ("generate", "evaluate", "open_store", "load_model")
 
 
 def __getattr__(name: str):
@@ -28,4 +29,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *API])
 
 
-__all__ = ["__version__", "generate", "open_store", "evaluate"]
+__all__ = ["__version__", "generate", "open_store", "evaluate", "load_model"]

@@ -80,6 +80,37 @@ class Method:
             return config.resolved_model()
         return config.resolved_classifier()
 
+    def model_files(self, config) -> list[Path]:
+        """Driver: every file its network is built from (--model, --uncond-model: any kind of
+        models/spec.py; --classifier: one checkpoint), checked to exist."""
+        if self.checkpoint == "diffusion":
+            from cejobs.models.spec import model_files
+
+            return model_files(str(config.resolved_model()), config.uncond_model)
+        return [config.resolved_classifier()]
+
+    def load_network(self, config, data: dict[str, bytes] | None = None):
+        """Its network with `.model`, `.meta` and `.sha256`, from disk or from `data` (the
+        files' bytes read by the driver: jobs/worker_inputs.py)."""
+        if self.checkpoint == "diffusion":
+            from cejobs.models.spec import load_model
+
+            return load_model(str(config.resolved_model()), config.uncond_model, data=data)
+        from cejobs.models.checkpoint import load_checkpoint
+
+        path = config.resolved_classifier()
+        return load_checkpoint(path, expect_kind="classifier",
+                               data=data.get(str(path)) if data else None)
+
+    def checksums(self, loaded) -> dict:
+        """The identity fields of its loaded network: the sha256, and for a diffusion model
+        that is not a cejobs checkpoint its kind and the sha256 of every file it came from."""
+        fields = {self.sha256_field: loaded.sha256}
+        kind = loaded.meta.get("kind", "cejobs") if self.checkpoint == "diffusion" else "cejobs"
+        if kind != "cejobs":
+            fields.update(model_kind=kind, model_files=dict(loaded.meta["files"]))
+        return fields
+
 
 def _load_diffusion(net, meta: dict, params: CEParams, device) -> Engine:
     """The sampler on the network, compiled with --compile; or with --fast the fast sampling
