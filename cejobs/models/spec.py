@@ -20,7 +20,6 @@ import importlib.util
 import re
 import sys
 import tempfile
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +100,9 @@ def load_model(spec: str, uncond: str | None = None, *, data: dict[str, bytes] |
     files' bytes read by a driver, str(path) -> bytes). Raises CheckpointError (one line)."""
     files = ModelFiles(data)
     if not uncond:
-        return _load_one(spec, files, map_location, has_null=True)
-    cond = _load_one(spec, files, map_location, has_null=False)
-    free = _load_one(uncond, files, map_location, has_null=True)
+        return _load_one(spec, files, map_location, "single")
+    cond = _load_one(spec, files, map_location, "cond")
+    free = _load_one(uncond, files, map_location, "uncond")
     if tuple(cond.meta["image_shape"]) != tuple(free.meta["image_shape"]):
         raise CheckpointError(f"--model {spec} is for images {tuple(cond.meta['image_shape'])}, "
                               f"--uncond-model {uncond} for {tuple(free.meta['image_shape'])}")
@@ -121,8 +120,9 @@ def load_model(spec: str, uncond: str | None = None, *, data: dict[str, bytes] |
     return LoadedModel(net.eval(), meta, combined_sha256(hashes), kind)
 
 
-def _load_one(spec: str, files: ModelFiles, map_location: str, *,
-              has_null: bool) -> LoadedModel:
+def _load_one(spec: str, files: ModelFiles, map_location: str, role: str) -> LoadedModel:
+    """role: "single" (--model alone), "cond" or "uncond" (a pair's members). The conditional
+    member of a pair has no null label: every class embedding of a diffusers one is a class."""
     kind = detect(spec, files)
     if kind == "cejobs":
         from cejobs.models.checkpoint import load_checkpoint
@@ -134,14 +134,14 @@ def _load_one(spec: str, files: ModelFiles, map_location: str, *,
     if kind == "diffusers":
         from cejobs.models import diffusers_adapter
 
-        net, meta = diffusers_adapter.load_diffusers(Path(spec), files, has_null=has_null)
+        net, meta = diffusers_adapter.load_diffusers(Path(spec), files, has_null=role != "cond")
         names = diffusers_adapter.model_files(Path(spec), files)
     elif kind == "edm":
         net, meta, names = _load_edm(Path(spec), files)
     else:
         net, meta, path = _load_entry_point(spec, files)
         names = [path]
-    if has_null and meta.get("num_classes") is None:
+    if role != "uncond" and meta.get("num_classes") is None:
         raise CheckpointError(f"{spec} is unconditional (no class labels); give it as "
                               f"--uncond-model with a conditional --model")
     for name, value in (("num_classes", meta.get("num_classes")),
@@ -205,10 +205,13 @@ def _load_entry_point(spec: str, files: ModelFiles) -> tuple[nn.Module, dict, Pa
     else:
         module_name, factory = spec[3:].rsplit(":", 1)
         path = _entry_file(module_name, files)
-    module = types.ModuleType(module_name)
-    module.__file__ = str(path)
-    module.__package__ = module_name.rpartition(".")[0]
+    package = [str(path.parent)] if path.name == "__init__.py" else None
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+        module_name, path, submodule_search_locations=package))
     sys.modules[module_name] = module
+    parent, _, child = module_name.rpartition(".")
+    if parent in sys.modules:
+        setattr(sys.modules[parent], child, module)
     exec(compile(files.read(path), str(path), "exec"), module.__dict__)  # noqa: S102
     if not callable(getattr(module, factory, None)):
         raise CheckpointError(f"--model {spec}: {module_name} has no function {factory}")
