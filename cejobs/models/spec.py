@@ -182,7 +182,8 @@ def _entry_point(spec: str) -> tuple[str, str, Path]:
     try:
         found = importlib.util.find_spec(module)
     except (ImportError, ValueError) as e:
-        raise CheckpointError(f"--model {spec}: cannot find module {module} ({e})") from None
+        raise CheckpointError(f"--model {spec}: module {module} is not importable here "
+                              f"({e})") from None
     if found is None or not found.origin or not Path(found.origin).is_file():
         raise CheckpointError(f"--model {spec}: module {module} is not importable here "
                               f"(is its folder on PYTHONPATH?)")
