@@ -170,3 +170,29 @@ def test_refusals_are_one_line(diffusers_models, tmp_path):
     (fourier / "config.json").write_text(json.dumps({**config, "time_embedding_type": "fourier"}))
     assert "time_embedding_type 'fourier'" in _one_line_error(str(fourier))
     assert "entry point is py:package.module:factory" in _one_line_error("py:bad spec")
+
+
+@pytest.mark.parametrize("kind", ["diffusers", "pair"])
+def test_fast_path_and_compiled_step_with_own_models(diffusers_models, kind):
+    """The fast path (channels-last, noise on the device; the step traced by torch.compile's
+    aot_eager backend) makes the eager sampler's CEs from a diffusers network and a pair."""
+    import copy
+
+    from cejobs.method.fastpath import FastOptions, FastSampler
+    from cejobs.method.noise import CENoise
+    from cejobs.method.sampler import sample_ce
+
+    spec = ((str(diffusers_models["unet"]),) if kind == "diffusers" else
+            (str(diffusers_models["cond"]), str(diffusers_models["uncond"])))
+    net = load_model(*spec).model
+    src, target, rep = torch.arange(10) // 5, torch.arange(10) % 10, torch.zeros(10).long()
+    mu = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    noise = CENoise(3, src, target, rep)
+    ref = sample_ce(net, noise.latents(mu), mu, target, steps=4, randn_like=noise)
+    for options in (FastOptions(compile=False),
+                    FastOptions(compile=True, compile_backend="aot_eager")):
+        fast = FastSampler(copy.deepcopy(net), "cpu", seed=3, steps=4, options=options,
+                           log=lambda _m: None)
+        out = fast.sample(mu, target, src, rep)
+        assert fast.mode == ("compiled" if options.compile else "eager")
+        assert torch.allclose(out, ref, atol=1e-5, rtol=0)
