@@ -68,10 +68,12 @@ def detect(spec: str, files: ModelFiles | None = None) -> str:
             raise CheckpointError(f"{path}: give the folder holding these weights and their "
                                   f"config, not the weight file")
         return "cejobs"
-    if HUB_ID.fullmatch(spec) and not spec.startswith((".", "/")):
-        raise CheckpointError(f"--model {spec} looks like a Hugging Face hub id; cejobs never "
-                              f"downloads: download it elsewhere first (huggingface-cli download "
-                              f"{spec} --local-dir DIR) and give --model DIR")
+    if HUB_ID.fullmatch(spec) and not spec.startswith((".", "/")) and path.suffix not in (
+            ".pt", ".pth", ".ckpt", ".safetensors", *PICKLE_SUFFIXES):
+        raise CheckpointError(f"model not found: {spec} is no file or folder here, and looks "
+                              f"like a Hugging Face hub id; cejobs never downloads: download it "
+                              f"elsewhere first (huggingface-cli download {spec} --local-dir "
+                              f"DIR) and give the folder DIR")
     raise CheckpointError(f"model not found: {spec}")
 
 
