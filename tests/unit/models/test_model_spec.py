@@ -195,4 +195,5 @@ def test_fast_path_and_compiled_step_with_own_models(diffusers_models, kind):
                            log=lambda _m: None)
         out = fast.sample(mu, target, src, rep)
         assert fast.mode == ("compiled" if options.compile else "eager")
-        assert torch.allclose(out, ref, atol=1e-5, rtol=0)
+        # float32 rounding of channels-last convolutions, relative to this random net's scale
+        assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
