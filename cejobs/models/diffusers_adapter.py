@@ -139,8 +139,8 @@ def load_diffusers(path: Path, files: ModelFiles, *,
     try:
         state = load_safetensors(files.read(unet_dir / WEIGHTS))
     except Exception as e:  # noqa: BLE001 - any malformed file: one line
-        raise CheckpointError(f"{unet_dir / WEIGHTS} is not a safetensors file "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{unet_dir / WEIGHTS} is not a safetensors file ({why})") from None
     unet = UNet2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     missing, unexpected = unet.load_state_dict(state, strict=False)
     if missing or unexpected:
