@@ -160,7 +160,11 @@ def _load_one(spec: str, files: ModelFiles, map_location: str, role: str) -> Loa
 def _load_edm(path: Path, files: ModelFiles) -> tuple[nn.Module, dict, list[Path]]:
     """A converted EDM folder through cejobs.models.edm; from shipped bytes, the folder is
     written to a temporary folder first."""
-    from cejobs.models.edm import is_edm_folder, load_edm
+    try:
+        from cejobs.models.edm import is_edm_folder, load_edm
+    except ImportError as e:
+        raise CheckpointError(f"{path} is a converted EDM folder, but this cejobs cannot read "
+                              f"it ({e})") from None
 
     names = [path / name for name in EDM_FILES]
     if files.data is None:
