@@ -58,7 +58,7 @@ def bench_net(args, device: torch.device) -> tuple[torch.nn.Module, str]:
     if args.model:
         from cejobs.models.spec import load_model
 
-        loaded = load_model(args.model, args.uncond_model)
+        loaded = load_model(args.model, getattr(args, "uncond_model", None))
         return loaded.model.to(device).eval(), f"{loaded.kind} {args.model}"
     torch.manual_seed(0)
     return UNet(**UNET_PRESETS[args.preset]).to(device).eval(), f"preset {args.preset}"
@@ -127,7 +127,7 @@ def check_net(args, device: torch.device) -> tuple[UNet, str]:
 
     path = Path(args.model) if args.model else REPO_DATA / "digits" / "diffusion.pt"
     if args.model or (args.preset == "digits" and path.exists()):
-        loaded = load_model(args.model or str(path), args.uncond_model)
+        loaded = load_model(args.model or str(path), getattr(args, "uncond_model", None))
         return loaded.model.to(device).eval(), f"{path.name} ({loaded.sha256[:12]})"
     torch.manual_seed(0)
     net = UNet(**{**UNET_PRESETS[args.preset], "zero_init": False})
