@@ -2,8 +2,8 @@
 
 The Python API runs the same code as the CLIs (cejobs.drivers.api):
 `cejobs.generate(...)`, `cejobs.open_store(path)`, `cejobs.evaluate(...)`,
-`cejobs.load_classifier(spec)`, and a store's CEs as a torch Dataset, `cejobs.CEDataset(path)`
-(cejobs.ce_dataset).
+`cejobs.load_model(spec)` (the eps-network of any `--model`), `cejobs.load_classifier(spec)`,
+and a store's CEs as a torch Dataset, `cejobs.CEDataset(path)` (cejobs.ce_dataset).
 """
 
 from cejobs.threads import openmp_wait_default
@@ -13,8 +13,8 @@ openmp_wait_default()  # before any cejobs module loads torch (cejobs/threads.py
 from cejobs.version import __version__  # noqa: E402
 
 API = {"generate": "cejobs.drivers.api", "evaluate": "cejobs.drivers.api",
-       "open_store": "cejobs.drivers.api", "load_classifier": "cejobs.drivers.api",
-       "CEDataset": "cejobs.ce_dataset"}
+       "open_store": "cejobs.drivers.api", "load_model": "cejobs.drivers.api",
+       "load_classifier": "cejobs.drivers.api", "CEDataset": "cejobs.ce_dataset"}
 
 
 def __getattr__(name: str):
@@ -32,4 +32,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *API])
 
 
-__all__ = ["__version__", "generate", "open_store", "evaluate", "load_classifier", "CEDataset"]
+__all__ = ["__version__", "generate", "open_store", "evaluate", "load_model", "load_classifier",
+           "CEDataset"]

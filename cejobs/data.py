@@ -12,6 +12,11 @@
   digits" format; label 10 is digit 0); splits "train", "test", "extra".
 - "PATH.npz": arrays `x`, (N, C, H, W) or (N, H, W, C), uint8 (/255) or float in [0, 1], and `y`.
   The split is ignored: the file is the dataset.
+- "imagefolder:PATH": torchvision's ImageFolder layout, a folder per class holding its images
+  (png, jpg, ...); class i is the i-th folder name in sorted order (`ImageDataset.classes`,
+  recorded in a store's identity). Every image is read as grayscale when the first one is,
+  else as RGB; all must have one size, or are resized to N x N (bilinear) with `resize=N`.
+  The split is ignored.
 - "store:PATH": the CEs of a finished cejobs store as a dataset: image i*K + k is `ce/x[i, k]` and
   its label `ce/target[i, k]`. The split is ignored.
 
@@ -54,6 +59,7 @@ class ImageDataset:
         labels: np.ndarray,  # (N,) int
         num_classes: int,  # labels are in 0..num_classes-1
         scale: float = 1.0,  # multiplier taking pixels to [0, 1]
+        classes: list[str] | None = None,  # class names in label order, when the data has them
     ):
         if pixels.ndim != 4 or len(pixels) != len(labels):
             raise DatasetError(f"{name}: images {pixels.shape} and labels {labels.shape} do not match")
@@ -61,6 +67,7 @@ class ImageDataset:
         self.pixels = pixels
         self.labels = np.asarray(labels, dtype=np.int64)
         self.scale = float(scale)
+        self.classes = list(classes) if classes is not None else None
         self.image_shape = tuple(int(s) for s in pixels.shape[1:])
 
     def __len__(self) -> int:
@@ -284,8 +291,51 @@ def _store(name: str, split: str) -> ImageDataset:
     return ImageDataset(name, split, x, y, int(num_classes))
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train") -> ImageDataset:
-    """Images in [0, 1] and labels of a named dataset (module docstring). Raises DatasetError."""
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff",
+                  ".webp")  # torchvision's IMG_EXTENSIONS
+
+
+def _imagefolder(name: str, split: str, resize: int | None) -> ImageDataset:
+    from PIL import Image
+
+    root = Path(name[len("imagefolder:"):])
+    if not root.is_dir():
+        raise DatasetError(f"image folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = [(path, label) for label, c in enumerate(classes)
+             for path in sorted((root / c).rglob("*"))
+             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+    if not files:
+        raise DatasetError(f"{root} holds no images in class folders (ImageFolder layout: "
+                           f"{root}/<class>/<image>.png)")
+    mode, images, first = None, [], None
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                mode = mode or ("L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+                img = img.convert(mode)
+                if resize:
+                    img = img.resize((resize, resize), Image.BILINEAR)
+                pixels = np.asarray(img, dtype=np.uint8)
+        except OSError as e:
+            raise DatasetError(f"{path} is not a readable image ({e})") from None
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        if first is not None and pixels.shape != first[1].shape:
+            raise DatasetError(f"{path} is {pixels.shape[2]}x{pixels.shape[1]}, {first[0]} is "
+                               f"{first[1].shape[2]}x{first[1].shape[1]}: give --resize N")
+        first = first or (path, pixels)
+        images.append(pixels)
+    labels = np.asarray([label for _, label in files], dtype=np.int64)
+    return ImageDataset(name, split, np.stack(images), labels, len(classes), scale=1.0 / 255.0,
+                        classes=classes)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
+                 resize: int | None = None) -> ImageDataset:
+    """Images in [0, 1] and labels of a named dataset (module docstring). Raises DatasetError.
+    resize: the image-folder images' size N x N (imagefolder only)."""
+    if name.startswith("imagefolder:"):
+        return _imagefolder(name, split, resize)
     if name == "digits":
         return _digits(split)
     if name in ("cifar10", "svhn"):
@@ -296,5 +346,6 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
     if name.endswith(".npz"):
         return _npz(name, split)
     raise DatasetError(
-        f"unknown dataset {name!r}: use digits, cifar10, svhn, a path ending in .npz, or store:PATH"
+        f"unknown dataset {name!r}: use digits, cifar10, svhn, a path ending in .npz, "
+        f"store:PATH or imagefolder:PATH"
     )

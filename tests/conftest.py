@@ -15,7 +15,7 @@ from cejobs.models.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.slurm_fixtures", "tests.ray_fixtures", "tests.multihost_fixtures",
-                  "tests.s3_fixtures"]
+                  "tests.s3_fixtures", "tests.diffusers_fixtures"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -52,7 +52,7 @@ def bench_generate(args) -> dict:
     from cejobs.jobs.generate_worker import shard_arrays
     from cejobs.jobs.methods import METHODS, CEParams
     from cejobs.jobs.plan import make_plan
-    from cejobs.models.checkpoint import load_checkpoint, save_checkpoint
+    from cejobs.models.checkpoint import save_checkpoint
     from cejobs.settings import typed
 
     imports_s = _process_age()  # interpreter, torch and cejobs imports
@@ -79,7 +79,7 @@ def bench_generate(args) -> dict:
         dataset = load_dataset(config.dataset, config.data_root, config.split)
         plan = make_plan(config, len(dataset), dataset.num_classes)
         method = METHODS[config.method]
-        ckpt = load_checkpoint(method.checkpoint_path(config), expect_kind=method.checkpoint)
+        ckpt = method.load_network(config)
         maker = CEMaker(CEParams.from_config(config), ckpt.model, ckpt.meta, device)
         targets = torch.as_tensor(plan.targets())
         replicates = torch.as_tensor(plan.replicates())

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from cejobs.bench.common import (bench_device, device_name, forward_flops, matmul_peak,
-                                 median_seconds, preset_image_shape, sync)
+                                 median_seconds, sync)
 from cejobs.devices import use_inductor_cache
 from cejobs.method.fastpath import FastOptions, FastSampler
 from cejobs.method.noise import CENoise
@@ -52,16 +52,30 @@ def run(args) -> dict:
     return bench_fast_sampler(args) if args.fast else bench_sampler(args)
 
 
-def bench_sampler(args) -> dict:
-    """CE/s of the eager (or --compile'd network) sampler on a preset with random weights."""
-    device = bench_device(args.device)
+def bench_net(args, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The timed network: `--model` (with `--uncond-model`; any kind of models/spec.py), else
+    the preset with random weights (seed 0)."""
+    if args.model:
+        from cejobs.models.spec import load_model
+
+        loaded = load_model(args.model, getattr(args, "uncond_model", None))
+        return loaded.model.to(device).eval(), f"{loaded.kind} {args.model}"
     torch.manual_seed(0)
-    net = UNet(**UNET_PRESETS[args.preset]).to(device).eval()
+    return UNet(**UNET_PRESETS[args.preset]).to(device).eval(), f"preset {args.preset}"
+
+
+def bench_sampler(args) -> dict:
+    """CE/s of the eager (or --compile'd network) sampler on a preset with random weights, or
+    on `--model`."""
+    device = bench_device(args.device)
+    net, net_name = bench_net(args, device)
+    flops_net = copy.deepcopy(net)
     net, mode = maybe_compile(net, args.compile)
     params = sampler_params(args)
     b = args.batch
-    mu = torch.rand((b, *preset_image_shape(args.preset)), device=device) * 2 - 1
-    target = torch.arange(b, device=device) % 10
+    mu = torch.rand((b, *flops_net.image_shape), device=device) * 2 - 1
+    classes = flops_net.num_classes
+    target = torch.arange(b, device=device) % classes
     noise = CENoise(0, torch.arange(b), target.cpu(), torch.zeros(b, dtype=torch.long))
     latents = noise.latents(mu)
     t = torch.full((b,), 0.5, device=device)
@@ -72,7 +86,7 @@ def bench_sampler(args) -> dict:
 
     def run_forward():
         with torch.no_grad():
-            guided_eps(net, latents, t, target, params.w, 10, params.net_dtype)
+            guided_eps(net, latents, t, target, params.w, classes, params.net_dtype)
 
     def run_noise():
         fresh = CENoise(0, torch.arange(b), target.cpu(), torch.zeros(b, dtype=torch.long))
@@ -82,12 +96,11 @@ def bench_sampler(args) -> dict:
     sampler_s = median_seconds(run_sampler, device, args.repeat) / args.steps
     forward_s = median_seconds(run_forward, device, args.repeat)
     noise_s = median_seconds(run_noise, device, args.repeat) / args.steps
-    flops = forward_flops(UNet(**UNET_PRESETS[args.preset]).to(device).eval(),
-                          torch.cat([latents, latents]), torch.cat([t, t]),
+    flops = forward_flops(flops_net, torch.cat([latents, latents]), torch.cat([t, t]),
                           torch.cat([target, target]))
     peak = matmul_peak(device, params.net_dtype, 8192 if device.type == "cuda" else 1024)
     result = dict(
-        bench="sampler", device=device_name(device), preset=args.preset,
+        bench="sampler", device=device_name(device), preset=args.preset, net=net_name,
         params=sum(p.numel() for p in net.parameters()), precision=args.precision,
         mode=mode, batch_ces=b, method=args.method,
         step_ms=1e3 * sampler_s, guided_forward_ms=1e3 * forward_s, noise_ms=1e3 * noise_s,
@@ -110,12 +123,12 @@ def check_net(args, device: torch.device) -> tuple[UNet, str]:
     is no score, and its guided sampler is chaotic (docs/performance.md): its value measures
     that, not the fast path; check with a trained checkpoint."""
     from cejobs.jobs.config import REPO_DATA
-    from cejobs.models.checkpoint import load_checkpoint
+    from cejobs.models.spec import load_model
 
     path = Path(args.model) if args.model else REPO_DATA / "digits" / "diffusion.pt"
     if args.model or (args.preset == "digits" and path.exists()):
-        ckpt = load_checkpoint(path, expect_kind="diffusion")
-        return ckpt.model.to(device).eval(), f"{path.name} ({ckpt.sha256[:12]})"
+        loaded = load_model(args.model or str(path), getattr(args, "uncond_model", None))
+        return loaded.model.to(device).eval(), f"{path.name} ({loaded.sha256[:12]})"
     torch.manual_seed(0)
     net = UNet(**{**UNET_PRESETS[args.preset], "zero_init": False})
     return net.to(device).eval(), f"preset {args.preset}, random weights (seed 0, no zero-init)"
@@ -189,11 +202,11 @@ def check_sampler(args) -> dict:
 
 
 def bench_fast_sampler(args) -> dict:
-    """CE/s of the fast path on a preset with default (random) weights; MFU of the whole step."""
+    """CE/s of the fast path on a preset with default (random) weights, or on `--model`; MFU
+    of the whole step."""
     device = bench_device(args.device)
     use_inductor_cache(args.compile_cache)
-    torch.manual_seed(0)
-    net = UNet(**UNET_PRESETS[args.preset]).to(device).eval()
+    net, net_name = bench_net(args, device)
     eager_net = copy.deepcopy(net)
     params = sampler_params(args)
     b = args.batch
@@ -217,7 +230,7 @@ def bench_fast_sampler(args) -> dict:
                           torch.cat([target, target]).to(device))
     peak = matmul_peak(device, params.net_dtype, 8192 if device.type == "cuda" else 1024)
     result = dict(
-        bench="sampler-fast", device=device_name(device), preset=args.preset,
+        bench="sampler-fast", device=device_name(device), preset=args.preset, net=net_name,
         precision=args.precision, method=args.method, mode=fast.mode, batch_ces=b,
         steps_timed=args.steps, first_call_s=first_s, compile_seconds=fast.compile_seconds,
         step_ms=1e3 * step_s, ces_per_s_at_1000_steps=b / (step_s * 1000),
@@ -267,7 +280,11 @@ def add_parser(sub) -> None:
                    help="--check: largest median ||fast - ref|| / ||ref - source||")
     p.add_argument("--check-fp32", action="store_true",
                    help="--check: also the fast path in fp32 (should be ~0)")
-    p.add_argument("--model", default=None, help="--check: a diffusion checkpoint")
+    p.add_argument("--model", default=None,
+                   help="the diffusion model timed or checked, any kind --model of generate "
+                        "takes (default: the preset with random weights; --check: the "
+                        "shipped digits model)")
+    p.add_argument("--uncond-model", default=None, help="with --model: its unconditional network")
     p.add_argument("--w", type=float, default=SamplerParams.w)
     p.add_argument("--sigma-ce", type=float, default=SamplerParams.sigma_ce)
     p.add_argument("--seed", type=int, default=0)

@@ -246,3 +246,16 @@ def open_store(path: str | Path) -> StoreData:
     label = store.storage.name.removesuffix(".zarr")
     distances = distance_table([StoreResult(label, summary, {}, str(store.storage), {})])
     return StoreData(store, tree, ces, distances)
+
+
+def load_model(model: str | Path, uncond_model: str | Path | None = None) -> tuple[Any, dict]:
+    """(eps-network, metadata) of a `--model` spec, as the workers load it: a torch module
+    called as eps(x, t, y) in model space, t in [eps, 1], y in 0..C with C the null label;
+    the metadata has image_shape, num_classes, centered, kind, files (name -> sha256 of every
+    file it was built from) and sha256. `uncond_model`: the unconditional network of a pair.
+    Every kind of docs/models.md: a cejobs checkpoint, a diffusers folder, a converted EDM
+    folder, `py:package.module:factory`."""
+    from cejobs.models.spec import load_model as load_spec
+
+    loaded = load_spec(str(model), str(uncond_model) if uncond_model else None)
+    return loaded.model, {**loaded.meta, "sha256": loaded.sha256}

@@ -32,32 +32,37 @@ output = logging.getLogger("cejobs.output")  # a command's results (cejobs.cli)
 
 
 def check_checkpoint(config: GenerateConfig, dataset) -> dict[str, str]:
-    """Load the run's checkpoint once, check it fits the dataset; return its checksum field."""
+    """Load the run's model once, check it fits the dataset; return its identity fields
+    (checksum; for a diffusion model other than a cejobs checkpoint, its kind and files)."""
     method = METHODS[config.method]
     path = config.classifier if method.checkpoint == "classifier" and config.classifier \
         else method.checkpoint_path(config)
-    ckpt = method.load_net(config, dataset.image_shape, dataset.num_classes)
+    ckpt = method.load_network(config, dataset.image_shape, dataset.num_classes)
     shape = tuple(ckpt.meta["image_shape"])
     if shape != tuple(dataset.image_shape) or ckpt.meta["num_classes"] != dataset.num_classes:
         raise ConfigError(
             f"{method.flag} {path} is for images {shape} with {ckpt.meta['num_classes']} "
             f"classes, but {config.dataset} has {tuple(dataset.image_shape)} with "
             f"{dataset.num_classes} classes"
+            + (" (give --resize N)" if config.dataset.startswith("imagefolder:")
+               and shape[1:] != tuple(dataset.image_shape)[1:] else "")
         )
-    return {method.sha256_field: ckpt.sha256}
+    return method.checksums(ckpt)
 
 
 def prepare(config: GenerateConfig) -> CEStore:
     """Everything before the work: dataset, checkpoint, plan, then create or open the store.
     The identity records the sources' content (`sources_sha256`), so a changed dataset file
     is refused on resume."""
-    dataset = load_dataset(config.dataset, config.data_root, config.split)
+    dataset = load_dataset(config.dataset, config.data_root, config.split, config.resize)
     checksum = check_checkpoint(config, dataset)
     plan = make_plan(config, len(dataset), dataset.num_classes)
     layout = Layout(plan.num_sources, plan.ces_per_source, plan.num_classes,
                     tuple(dataset.image_shape), plan.shard_size)
     identity = {**config.identity(), **checksum,
                 "sources_sha256": dataset.sources_sha256(plan.source_index)}
+    if dataset.classes is not None:  # an image folder's class order (sorted folder names)
+        identity["dataset_classes"] = list(dataset.classes)
     arrays = generation_arrays(config.ce_dtype, METHODS[config.method].arrays)
     store = create_or_open(config.resolved_store(), identity, layout, arrays,
                            dict(config=config.to_dict(), kind="generate"))

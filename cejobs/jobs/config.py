@@ -78,8 +78,8 @@ class Resources:
 @dataclass
 class GenerateConfig(Resources):
     # --- what to make (identity: recorded in the store, must match on resume)
-    dataset: str = setting("digits", "digits | cifar10 | svhn | PATH.npz | store:PATH",
-                           identity=True)
+    dataset: str = setting("digits", "digits | cifar10 | svhn | PATH.npz | store:PATH | "
+                                      "imagefolder:PATH (a folder per class)", identity=True)
     data_root: str | None = setting(None, "folder holding cifar10/svhn files (never downloaded)")
     split: str = setting("train", "dataset split of the sources", identity=True, choices=SPLITS)
     sources: int | None = setting(
@@ -100,7 +100,15 @@ class GenerateConfig(Resources):
     shard_size: int = setting(2, "sources per shard (= zarr chunk along N)", identity=True, ge=1)
     seed: int = setting(0, "run seed: the noise of each CE depends only on it and the CE's "
                            "position", identity=True)
-    model: str | None = setting(None, "diffusion checkpoint; unset: data/digits/diffusion.pt")
+    model: str | None = setting(None, "diffusion model: a cejobs checkpoint, a diffusers "
+                                      "UNet2DModel or pipeline folder, a converted EDM folder, "
+                                      "or py:package.module:factory (docs/models.md); unset: "
+                                      "data/digits/diffusion.pt")
+    uncond_model: str | None = setting(None, "unconditional network guiding a --model that has "
+                                             "no null label (classifier-free guidance combines "
+                                             "the two); any kind --model takes")
+    resize: int | None = setting(None, "imagefolder: resize every image to N x N (bilinear); "
+                                       "unset: images must have the model's size", ge=1)
     classifier: str | None = setting(
         None, "classifier for --method robust: a checkpoint, or torchvision:ARCH@WEIGHTS, "
               "timm:ARCH@WEIGHTS, robustbench:NAME@MODEL_DIR (docs/models.md); unset: "
@@ -176,10 +184,17 @@ class GenerateConfig(Resources):
             parse_index_range(self.indices)
         check_slurm_store(self.backend, [self.store] if self.store else [])
         ds = self.dataset
-        if not (ds in BUILTIN_DATASETS or ds.endswith(".npz") or ds.startswith("store:")):
+        if not (ds in BUILTIN_DATASETS or ds.endswith(".npz")
+                or ds.startswith(("store:", "imagefolder:"))):
             raise ConfigError(
-                f"unknown --dataset {ds!r}: use digits, cifar10, svhn, a PATH.npz or store:PATH"
+                f"unknown --dataset {ds!r}: use digits, cifar10, svhn, a PATH.npz, store:PATH "
+                f"or imagefolder:PATH"
             )
+        if self.resize is not None and not ds.startswith("imagefolder:"):
+            raise ConfigError("--resize applies to --dataset imagefolder:PATH only")
+        if self.uncond_model and METHODS[self.method].checkpoint != "diffusion":
+            raise ConfigError(f"--uncond-model needs a diffusion method, not --method "
+                              f"{self.method}")
 
 
 @dataclass

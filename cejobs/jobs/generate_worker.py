@@ -30,7 +30,8 @@ class GenerateWorker:
 
     def __init__(self, task: ShardTask, device: str | None = None, *,
                  inputs: WorkerInputs | None = None):
-        """inputs: the checkpoint and dataset read by the driver (Ray); else read here."""
+        """inputs: the model's files and the dataset read by the driver (Ray); else read
+        here."""
         from cejobs.store.store import CEStore  # zarr: only where the store is written
 
         self.config: GenerateConfig = task.config
@@ -39,13 +40,14 @@ class GenerateWorker:
         device = resolve_device(device or config.device)
         self.store = CEStore.open(task.store)
         self.dataset = (inputs.dataset if inputs and inputs.dataset is not None
-                        else load_dataset(config.dataset, config.data_root, config.split))
+                        else load_dataset(config.dataset, config.data_root, config.split,
+                                          config.resize))
         self.plan = make_plan(config, len(self.dataset), self.dataset.num_classes)
-        ckpt = method.load_net(config, self.dataset.image_shape, self.dataset.num_classes,
-                               inputs)
+        ckpt = method.load_network(config, self.dataset.image_shape, self.dataset.num_classes,
+                                   inputs.checkpoints if inputs else None)
         expected = self.store.identity.get(method.sha256_field)
         if ckpt.sha256 != expected:
-            raise ShardError(f"checkpoint on {worker_name()} has sha256 "
+            raise ShardError(f"the model on {worker_name()} has sha256 "
                              f"{ckpt.sha256[:12]}, the store was made with "
                              f"{str(expected)[:12]}")
         recorded = self.store.identity.get("sources_sha256")

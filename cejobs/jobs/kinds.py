@@ -71,8 +71,9 @@ class Generate(JobKind):
 
         config = task.config
         dataset = (None if config.dataset.startswith("store:")  # workers read the store
-                   else load_dataset(config.dataset, config.data_root, config.split))
-        return WorkerInputs.read([METHODS[config.method].checkpoint_path(config)], dataset)
+                   else load_dataset(config.dataset, config.data_root, config.split,
+                                     config.resize))
+        return WorkerInputs.read(METHODS[config.method].model_files(config), dataset)
 
     def eligible_and_done(self, store, task):
         done = store.done("shard")

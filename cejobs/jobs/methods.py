@@ -83,22 +83,38 @@ class Method:
 
         return classifier_file(classifier_spec(config), must_exist)
 
-    def load_net(self, config, image_shape, num_classes: int, inputs=None):
-        """The run's network, from the driver's bytes when `inputs` has them: a
-        LoadedCheckpoint, or for --classifier a LoadedClassifier (both: model, meta, sha256).
-        Library classifiers take the dataset's `image_shape` and `num_classes`."""
-        from cejobs.jobs.worker_inputs import load_checkpoint_from, load_classifier_from
-
-        path = self.checkpoint_path(config, must_exist=inputs is None)
+    def model_files(self, config) -> list[Path]:
+        """Driver: every file its network is built from (--model, --uncond-model: any kind of
+        models/spec.py; --classifier: its checkpoint or weights file), checked to exist."""
         if self.checkpoint == "diffusion":
-            return load_checkpoint_from(inputs, path, expect_kind="diffusion")
-        return load_classifier_from(inputs, classifier_spec(config), path, tuple(image_shape),
-                                    num_classes)
+            from cejobs.models.spec import model_files
 
+            return model_files(str(config.resolved_model()), config.uncond_model)
+        return [self.checkpoint_path(config)]
 
-def classifier_spec(config) -> str:
-    """--classifier as given (a checkpoint path or a library spec), else the shipped one."""
-    return str(config.classifier) if config.classifier else str(config.resolved_classifier())
+    def load_network(self, config, image_shape, num_classes: int,
+                     data: dict[str, bytes] | None = None):
+        """Its network with `.model`, `.meta` and `.sha256`, from disk or from `data` (the
+        files' bytes read by the driver: jobs/worker_inputs.py). Library classifiers take the
+        dataset's `image_shape` and `num_classes`."""
+        if self.checkpoint == "diffusion":
+            from cejobs.models.spec import load_model
+
+            return load_model(str(config.resolved_model()), config.uncond_model, data=data)
+        from cejobs.models.classifiers import load_classifier
+
+        path = self.checkpoint_path(config, must_exist=data is None)
+        return load_classifier(classifier_spec(config), tuple(image_shape), num_classes,
+                               data=data.get(str(path)) if data else None, path=Path(path))
+
+    def checksums(self, loaded) -> dict:
+        """The identity fields of its loaded network: the sha256, and for a diffusion model
+        that is not a cejobs checkpoint its kind and the sha256 of every file it came from."""
+        fields = {self.sha256_field: loaded.sha256}
+        kind = loaded.meta.get("kind", "cejobs") if self.checkpoint == "diffusion" else "cejobs"
+        if kind != "cejobs":
+            fields.update(model_kind=kind, model_files=dict(loaded.meta["files"]))
+        return fields
 
 
 def _load_diffusion(net, meta: dict, params: CEParams, device) -> Engine:
@@ -138,3 +154,8 @@ METHODS: dict[str, Method] = {
         identity=("robust_step_size", "robust_max_steps", "robust_threshold"),
     ),
 }
+
+
+def classifier_spec(config) -> str:
+    """--classifier as given (a checkpoint path or a library spec), else the shipped one."""
+    return str(config.classifier) if config.classifier else str(config.resolved_classifier())

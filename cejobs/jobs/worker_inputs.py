@@ -1,7 +1,8 @@
 """What a worker would otherwise read from the driver's disk, read once by the driver.
 
 On Ray the workers may share nothing with the driver but the store's URL (a cloud cluster
-without a shared filesystem). The driver reads the checkpoint files and the dataset of a job
+without a shared filesystem). The driver reads the model files (every file a model is built
+from: a checkpoint, a diffusers folder's config and weights, ...) and the dataset of a job
 (`JobKind.inputs`), puts them into Ray's object store once, and every actor builds its worker
 from them. Sources of a `store:` dataset are read from that store, which workers reach anyway.
 Local and SLURM workers run where the driver's files are, and read them themselves.
@@ -16,7 +17,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class WorkerInputs:
-    checkpoints: dict[str, bytes] = field(default_factory=dict)  # str(path) -> the file's bytes
+    checkpoints: dict[str, bytes] = field(default_factory=dict)  # str(path) -> a model file's bytes
     dataset: Any = None  # cejobs.data.ImageDataset, or None: the worker loads it
 
     @classmethod
@@ -28,7 +29,7 @@ class WorkerInputs:
             try:
                 files[path] = Path(path).read_bytes()
             except OSError as e:
-                raise CheckpointError(f"checkpoint not readable: {path} "
+                raise CheckpointError(f"model file not readable: {path} "
                                       f"({e.strerror or e})") from None
         return cls(files, dataset)
 

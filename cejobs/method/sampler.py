@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from cejobs.method.params import SamplerParams
 from cejobs.method.sde import VPSDE, time_grid
+from cejobs.models.pair import EpsPair
 
 RandnLike = Callable[[int, Tensor], Tensor]  # (step index, x) -> standard normal like x
 Callback = Callable[[int, int], None]  # (steps done, steps in all)
@@ -44,15 +45,23 @@ def guided_eps(
     null_label: int,
     net_dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Classifier-free guidance (eq. 3) with cond and uncond halves in one doubled batch."""
-    x2 = torch.cat([x, x])
-    t2 = torch.cat([t, t])
-    y2 = torch.cat([target, torch.full_like(target, null_label)])
+    """Classifier-free guidance (eq. 3) with cond and uncond halves in one doubled batch; for
+    a pair of networks (models/pair.py), the conditional network's output on the targets and
+    the unconditional network's, one batch each, combined the same way."""
     autocast = (
         torch.autocast(device_type=x.device.type, dtype=net_dtype)
         if net_dtype not in (torch.float32, torch.float64)
         else nullcontext()
     )
+    if isinstance(net, EpsPair):
+        with autocast:
+            eps_cond = net.cond(x, t, target)
+            eps_uncond = net.uncond(x, t, torch.full_like(target, null_label))
+        eps_cond, eps_uncond = eps_cond.to(x.dtype), eps_uncond.to(x.dtype)
+        return (1.0 + w) * eps_cond - w * eps_uncond
+    x2 = torch.cat([x, x])
+    t2 = torch.cat([t, t])
+    y2 = torch.cat([target, torch.full_like(target, null_label)])
     with autocast:
         eps = net(x2, t2, y2)
     eps_cond, eps_uncond = eps.to(x.dtype).chunk(2)

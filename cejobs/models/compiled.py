@@ -7,6 +7,8 @@ import logging
 import torch
 from torch import nn
 
+from cejobs.models.pair import EpsPair
+
 
 def maybe_compile(net: nn.Module, enabled: bool) -> tuple[nn.Module, str]:
     """(net, mode): torch.compile(net) when enabled and it works, else eager, said once.
@@ -16,6 +18,11 @@ def maybe_compile(net: nn.Module, enabled: bool) -> tuple[nn.Module, str]:
     """
     if not enabled:
         return net, "eager"
+    if isinstance(net, EpsPair):  # the sampler calls the members (method/sampler.guided_eps)
+        cond, mode = maybe_compile(net.cond, True)
+        uncond, mode_uncond = maybe_compile(net.uncond, True)
+        both = EpsPair(cond, uncond, net.num_classes, net.image_shape)
+        return both, mode if mode == mode_uncond else f"{mode} + {mode_uncond}"
     try:
         compiled = torch.compile(net)
         device = next(net.parameters()).device
