@@ -9,7 +9,6 @@ when it loads: each main imports its driver when it runs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Callable
 
@@ -78,9 +77,10 @@ def evaluate_console() -> None:
 def status_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.status --store PATH [--verify]`: progress of a store, read from the
     store (cejobs.drivers.status); 0 when nothing is damaged."""
-    parser = argparse.ArgumentParser(
-        prog="python -m cejobs.status", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Shards done / total, CEs, throughput and ETA of a store.")
+    from cejobs.settings import ArgParser, invoked_as
+
+    parser = ArgParser(prog=invoked_as("cejobs.status"),
+                       description="Shards done / total, CEs, throughput and ETA of a store.")
     parser.add_argument("--store", required=True, help="zarr store: a path or s3://... URL")
     parser.add_argument("--verify", action="store_true",
                         help="re-read every chunk of every done shard (generation and eval/), "
@@ -106,20 +106,26 @@ TRAIN_COMMANDS = {
 }
 
 
+TRAIN_DESCRIPTION = (
+    "Train the models that generate and evaluate use: the class-conditional score U-Net "
+    "(diffusion) or a standard or adversarially robust WideResNet classifier (classifier). "
+    "Checkpoints are written to --out; --resume continues from one. "
+    "`%(prog)s COMMAND --help` lists a command's flags.")
+
+
 def build_train_parser():
     """`python -m cejobs.train {diffusion,classifier} [--config FILE.toml] [flags]`; flags and
     TOML keys come from the training configs (cejobs.settings)."""
     import cejobs.train
-    from cejobs.settings import ArgParser, add_flags
+    from cejobs.settings import CONFIG_HELP, ArgParser, add_flags, invoked_as
 
-    parser = ArgParser(prog="python -m cejobs.train",
-                       description="train the diffusion model or a classifier")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
+    parser = ArgParser(prog=invoked_as("cejobs.train"), description=TRAIN_DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser,
+                                metavar="{diffusion,classifier}")
     for name, (config_name, _, help_text) in TRAIN_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", default=None,
-                       help="TOML file of fields (keys = flag names with underscores); "
-                            "flags override it")
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           usage="%(prog)s [-h] [--config FILE.toml] [--FLAG VALUE ...]")
+        p.add_argument("--config", default=None, metavar="FILE.toml", help=CONFIG_HELP)
         add_flags(p, getattr(cejobs.train, config_name))
     return parser
 

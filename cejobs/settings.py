@@ -142,9 +142,15 @@ class ArgParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        known = _flags_of(self)
+        given = args[:args.index("--")] if "--" in args else args
+        unknown = [a for a in given if a.startswith("--") and a.split("=", 1)[0] not in known]
+        if unknown:  # before argparse's own checks, which would name a missing flag instead
+            self.error(unknown_flags_message(unknown, known))
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
-            self.error(unknown_flags_message(extra, _flags_of(self)))
+            self.error(unknown_flags_message(extra, known))
         return parsed
 
     def error(self, message: str):
@@ -152,11 +158,13 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def help_line(text: str, default) -> str:
-    """A flag's help with its default once: none is added when the text already says it
-    (`default`, `unset:`) or when there is none to show (None, an empty list)."""
-    if default is None or default == [] or "default" in text or "unset" in text:
+    """A flag's help with its default said once: the text's own `(default: ...)` when it has
+    one (a default that depends on other flags), else the value; "unset" for None, whose
+    meaning the text gives."""
+    if "(default:" in text:
         return text
-    return f"{text} (default: {default})"
+    shown = "unset" if default is None else "none" if default == [] else default
+    return f"{text} (default: {shown})"
 
 
 def add_flags(parser: argparse.ArgumentParser, cls, names: Sequence[str] | None = None) -> None:
