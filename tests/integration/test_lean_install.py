@@ -50,3 +50,23 @@ def test_each_extra_named_when_missing(tmp_path):
     r = without_extras("cejobs.status", "--store", "s3://bucket/run.zarr")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("error: ") and "pip install 'cejobs[s3]'" in r.stderr
+
+
+def test_extras_of_the_package():
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(requirements):
+        return {re.match(r"[A-Za-z0-9_.-]+", r)[0] for r in requirements}
+
+    extras = {k: names(v) for k, v in project["optional-dependencies"].items()}
+    core = names(project["dependencies"])
+    assert not core & {"ray", "submitit", "s3fs", "fsspec", "diffusers", "timm", "moto"}
+    assert (extras["ray"], extras["slurm"], extras["s3"]) == ({"ray"}, {"submitit"}, {"s3fs"})
+    assert extras["models"] == {"diffusers", "timm", "safetensors"}
+    assert project["optional-dependencies"]["all"] == ["cejobs[ray,slurm,s3,models]"]
+    assert "cejobs[all]" in project["optional-dependencies"]["dev"]
+    every = [r for v in project["optional-dependencies"].values() for r in v]
+    assert sum(name == "s3fs" for r in every for name in names([r])) == 1
