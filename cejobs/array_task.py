@@ -23,7 +23,6 @@ to it (e.g. "--partition=cpu --time=60").
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
@@ -40,7 +39,9 @@ def summarize(argv: list[str]) -> int:
     from cejobs.store.store import CEStore
     from cejobs.drivers.status import format_status, store_status
 
-    parser = argparse.ArgumentParser(prog="python -m cejobs.array_task summary")
+    from cejobs.settings import ArgParser
+
+    parser = ArgParser(prog="python -m cejobs.array_task summary")
     parser.add_argument("--store", required=True, help="zarr store path")
     args = parser.parse_args(argv)
     store = CEStore.open(args.store)

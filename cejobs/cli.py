@@ -149,10 +149,11 @@ def status_main(argv: list[str] | None = None) -> int:
     """`python -m cejobs.status --store PATH [--verify]`: progress of a store, read from the
     store (cejobs.drivers.status); 0 when nothing is damaged."""
     configure_logging()
-    parser = argparse.ArgumentParser(
-        prog="python -m cejobs.status", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Shards done / total, CEs, throughput, the driver working on a store "
-                    "(running, stalled or none) and its ETA.")
+    from cejobs.settings import ArgParser, invoked_as
+
+    parser = ArgParser(prog=invoked_as("cejobs.status"),
+                       description="Shards done / total, CEs, throughput, the driver working on "
+                                   "a store (running, stalled or none) and its ETA.")
     parser.add_argument("--store", required=True, help="zarr store: a path or s3://... URL")
     parser.add_argument("--verify", action="store_true",
                         help="re-read every chunk of every done shard (generation and eval/), "
@@ -181,20 +182,26 @@ TRAIN_COMMANDS = {
 }
 
 
+TRAIN_DESCRIPTION = (
+    "Train the models that generate and evaluate use: the class-conditional score U-Net "
+    "(diffusion) or a standard or adversarially robust WideResNet classifier (classifier). "
+    "Checkpoints are written to --out; --resume continues from one. "
+    "`%(prog)s COMMAND --help` lists a command's flags.")
+
+
 def build_train_parser():
     """`python -m cejobs.train {diffusion,classifier} [--config FILE.toml] [flags]`; flags and
     TOML keys come from the training configs (cejobs.settings)."""
     import cejobs.train
-    from cejobs.settings import ArgParser, add_flags
+    from cejobs.settings import CONFIG_HELP, ArgParser, add_flags, invoked_as
 
-    parser = ArgParser(prog="python -m cejobs.train",
-                       description="train the diffusion model or a classifier")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
+    parser = ArgParser(prog=invoked_as("cejobs.train"), description=TRAIN_DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser,
+                                metavar="{diffusion,classifier}")
     for name, (config_name, _, help_text) in TRAIN_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", default=None,
-                       help="TOML file of fields (keys = flag names with underscores); "
-                            "flags override it")
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           usage="%(prog)s [-h] [--config FILE.toml] [--FLAG VALUE ...]")
+        p.add_argument("--config", default=None, metavar="FILE.toml", help=CONFIG_HELP)
         add_flags(p, getattr(cejobs.train, config_name))
     return parser
 
@@ -226,7 +233,9 @@ def train_console() -> None:
 
 # ----------------------------------------------------------------------------- models
 def build_models_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from cejobs.settings import ArgParser
+
+    parser = ArgParser(
         prog="python -m cejobs.models", description="Tools for diffusion models from elsewhere.")
     sub = parser.add_subparsers(dest="command", required=True)
     convert = sub.add_parser("convert", help="convert a network into a folder cejobs loads")

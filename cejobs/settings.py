@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
+import sys
 import tomllib
 import types
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
 
 from cejobs.errors import ConfigError
 
 T = TypeVar("T")
-
-
 
 
 def setting(default, help: str, *, identity: bool = False, choices=None,
@@ -101,26 +101,90 @@ def _kind(cls, f: dataclasses.Field) -> type:
     return base if base in (bool, int, float, list) else str
 
 
+def invoked_as(module: str) -> str:
+    """The program name for usage lines: the console script's name when run as one
+    (`cejobs-generate`), else `python -m <module>`."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("cejobs-") else f"python -m {module}"
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> list[str]:
+    """Every long flag of a parser and of its sub-commands."""
+    flags = []
+    for action in parser._actions:
+        flags += [s for s in action.option_strings if s.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags += _flags_of(sub)
+    return flags
+
+
+def unknown_flags_message(unknown: Iterable[str], known: Sequence[str]) -> str:
+    """"unknown flag --sorces (did you mean --sources?)" for each unknown flag; values that
+    followed them are left out."""
+    parts = []
+    for arg in unknown:
+        if not arg.startswith("-") or arg in ("-", "--"):
+            continue
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        parts.append(f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return "; ".join(parts) or f"unexpected argument(s): {' '.join(unknown)}"
+
+
 class ArgParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit status 2."""
+    """argparse whose usage errors are one line and exit status 2. A flag must be written in
+    full (no prefix abbreviations: `--step` is not `--steps`); an unknown one gets the closest
+    known flag as a suggestion."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        known = _flags_of(self)
+        given = args[:args.index("--")] if "--" in args else args
+        unknown = [a for a in given if a.startswith("--") and a.split("=", 1)[0] not in known]
+        if unknown:  # before argparse's own checks, which would name a missing flag instead
+            self.error(unknown_flags_message(unknown, known))
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(unknown_flags_message(extra, known))
+        return parsed
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def help_line(text: str, default) -> str:
+    """A flag's help with its default said once: the text's own `(default: ...)` when it has
+    one (a default that depends on other flags), else the value; "unset" for None, whose
+    meaning the text gives."""
+    if "(default:" in text:
+        return text
+    shown = "unset" if default is None else "none" if default == [] else default
+    return f"{text} (default: {shown})"
 
 
 def add_flags(parser: argparse.ArgumentParser, cls, names: Sequence[str] | None = None) -> None:
     """`--flag` for each field of `cls` in `names` (all when None), its default in the help.
+    `cls.FLAG_GROUPS` (heading -> field names), when there, lists the flags under headings in
+    `--help`, in its order; fields in no group are listed first.
 
     Defaults are SUPPRESSed in the parsed namespace, so only flags given on the command line
     appear there (and override a TOML file).
     """
+    table = getattr(cls, "FLAG_GROUPS", {})
+    headings = {heading: parser.add_argument_group(heading) for heading in table}
+    group_of = {name: headings[heading] for heading, names in table.items() for name in names}
     for f in dataclasses.fields(cls):
         if names is not None and f.name not in names:
             continue
         kind = _kind(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, dest=f.name,
-                                      help=f"{f.metadata['help']} (default: {default})")
+                                      help=help_line(f.metadata["help"], default))
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is list:
@@ -129,14 +193,16 @@ def add_flags(parser: argparse.ArgumentParser, cls, names: Sequence[str] | None 
             kwargs["type"] = kind
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(flag(f.name), **kwargs)
+        group_of.get(f.name, parser).add_argument(flag(f.name), **kwargs)
+
+
+CONFIG_HELP = "TOML file of fields (keys = flag names with underscores); flags override it"
 
 
 def build_parser(cls, prog: str, description: str | None = None) -> ArgParser:
-    parser = ArgParser(prog=prog, description=description)
-    parser.add_argument("--config", default=None,
-                        help="TOML file of fields (keys = flag names with underscores); "
-                             "flags override it")
+    parser = ArgParser(prog=prog, description=description,
+                       usage="%(prog)s [-h] [--config FILE.toml] [--FLAG VALUE ...]")
+    parser.add_argument("--config", default=None, metavar="FILE.toml", help=CONFIG_HELP)
     add_flags(parser, cls)
     return parser
 

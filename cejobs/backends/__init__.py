@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 from cejobs.backends.base import Backend, RunReport
+from cejobs.errors import ConfigError
 from cejobs.jobs.config import BACKENDS as BACKEND_NAMES, Resources
 
 BACKENDS = {
@@ -21,9 +22,27 @@ BACKENDS = {
 }
 assert tuple(BACKENDS) == BACKEND_NAMES, "a backend's name goes in cejobs.jobs.config too"
 
+# The package each backend needs beyond the core install, and the extra that installs it
+# (pyproject.toml).
+NEEDS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}
+
+
+def require(package: str, extra: str, what: str) -> None:
+    """A ConfigError naming the extra to install when `package` is missing."""
+    try:
+        importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        if e.name != package:
+            raise
+        raise ConfigError(f"{what} needs {package}, which is not installed: "
+                          f"pip install 'cejobs[{extra}]'") from None
+
 
 def backend_class(name: str) -> type[Backend]:
-    """The class of the backend `name` (its module is imported here)."""
+    """The class of the backend `name` (its module is imported here); a ConfigError naming
+    the extra to install when the backend's package is missing."""
+    if name in NEEDS:
+        require(*NEEDS[name], f"--backend {name}")
     module, cls = BACKENDS[name]
     return getattr(importlib.import_module(module), cls)
 
@@ -42,4 +61,4 @@ def make_ready_backend(resources: Resources) -> Backend:
 
 
 __all__ = ["BACKENDS", "Backend", "RunReport", "backend_class", "make_backend",
-           "make_ready_backend"]
+           "make_ready_backend", "require"]

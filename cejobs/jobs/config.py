@@ -23,7 +23,7 @@ from cejobs.method.params import (DEFAULT_PRECISION, NET_PRECISIONS, RobustParam
 from cejobs.store.location import location
 from cejobs.store.storage import Storage
 from cejobs.errors import ConfigError
-from cejobs.settings import identity_of, parse, setting, typed
+from cejobs.settings import identity_of, invoked_as, parse, setting, typed
 
 PRECISIONS = tuple(NET_PRECISIONS)
 CE_DTYPES = ("float32", "float16")
@@ -39,8 +39,7 @@ class Resources:
 
     backend: str = setting("ray", "where shards run", choices=BACKENDS)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
-    batch_size: int = setting(256, "CEs per sampler batch (the network sees twice this); "
-                                   "evaluate: images per classifier batch", ge=1)
+    batch_size: int = setting(256, "CEs per sampler batch (the network sees twice this)", ge=1)
     workers: int = setting(0, "number of workers (0 = one per GPU, else one per CPU thread "
                               "group)", ge=0)
     threads: int = setting(0, "torch threads per worker (0: the CPUs it may use for local and "
@@ -68,6 +67,14 @@ class Resources:
     slurm_log_dir: str | None = setting(None, "slurm: folder for submitit logs; unset: "
                                               "<store>.logs")
     progress: bool = setting(True, "show a progress bar")
+
+    FLAG_GROUPS = {  # --help headings (cejobs.settings.add_flags)
+        "resources": ("backend", "device", "batch_size", "workers", "threads", "max_retries",
+                      "shard_timeout", "progress"),
+        "Ray": ("gpus_per_worker", "max_in_flight", "ray_address"),
+        "SLURM": ("partition", "slurm_gpus", "slurm_cpus", "slurm_mem_gb", "timeout_min",
+                  "slurm_max_timeouts", "array_parallelism", "slurm_log_dir"),
+    }
 
     def validate(self) -> None:
         """Raise ConfigError on the first bad value."""
@@ -140,6 +147,16 @@ class GenerateConfig(Resources):
     compile_cache: str | None = setting(None, "folder for torch.compile's kernel cache (--compile, "
                                               "--fast); unset: $TORCHINDUCTOR_CACHE_DIR, else "
                                               "~/.cache/cejobs/inductor")
+
+    FLAG_GROUPS = {
+        "what to make": ("dataset", "data_root", "resize", "split", "sources", "indices",
+                         "method", "per_class", "seed"),
+        "sampler": ("w", "sigma_ce", "steps", "model", "uncond_model", "classifier",
+                    "precision", "compile", "fast", "compile_cache", "robust_step_size",
+                    "robust_max_steps", "robust_threshold"),
+        "store": ("store", "shard_size", "ce_dtype"),
+        **Resources.FLAG_GROUPS,
+    }
 
     # ---------------------------------------------------------------- derived values
     def identity(self) -> dict[str, Any]:
@@ -215,6 +232,12 @@ class EvaluateConfig(Resources):
     figures: bool = setting(True, "draw figures/*.png")
     backend: str = setting("local", "where shards run; one process is enough for small stores",
                            choices=BACKENDS)
+    batch_size: int = setting(Resources.batch_size, "images per classifier batch", ge=1)
+
+    FLAG_GROUPS = {
+        "what to evaluate": ("store", "classifier", "out", "allow_partial", "figures"),
+        **Resources.FLAG_GROUPS,
+    }
 
     def validate(self) -> None:
         super().validate()
@@ -242,13 +265,23 @@ def parse_index_range(text: str) -> range:
     return range(int(m[1]), int(m[2]))
 
 
+GENERATE_DESCRIPTION = (
+    "Make counterfactual examples: for each source image and each target class, --per-class "
+    "CEs from the class-conditional diffusion model guided towards the target and held near "
+    "the source (--method), written shard by shard into a checksummed zarr store (--store). "
+    "Re-running the same command resumes the store; cejobs.evaluate scores it.")
+EVALUATE_DESCRIPTION = (
+    "Run classifiers over CE stores (writing eval/<name>/ into each store, sharded and "
+    "resumable), then write summary.json, tables/*.csv, report.md and figures/*.png.")
+
+
 def parse_generate_args(argv: Sequence[str] | None = None,
-                        prog: str = "python -m cejobs.generate") -> GenerateConfig:
-    return parse(GenerateConfig, argv, prog)
+                        prog: str | None = None) -> GenerateConfig:
+    return parse(GenerateConfig, argv, prog or invoked_as("cejobs.generate"),
+                 GENERATE_DESCRIPTION)
 
 
 def parse_evaluate_args(argv: Sequence[str] | None = None,
-                        prog: str = "python -m cejobs.evaluate") -> EvaluateConfig:
-    return parse(EvaluateConfig, argv, prog, "Run classifiers over CE stores (writing "
-                 "eval/<name>/ into each store, sharded and resumable), then write "
-                 "summary.json, tables/*.csv, report.md and figures/*.png.")
+                        prog: str | None = None) -> EvaluateConfig:
+    return parse(EvaluateConfig, argv, prog or invoked_as("cejobs.evaluate"),
+                 EVALUATE_DESCRIPTION)

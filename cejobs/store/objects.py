@@ -57,9 +57,9 @@ class ObjectStorage(Storage):
     @property
     def fs(self) -> Any:
         if self._fs is None:
-            import fsspec
+            try:  # fsspec names the missing package (s3fs) in an ImportError
+                import fsspec
 
-            try:
                 self._fs = fsspec.core.url_to_fs(str(self), **FS_OPTIONS)[0]
             except (ImportError, ValueError) as e:
                 raise StorageError(f"cannot open {self}: {e} (s3:// needs pip install "
