@@ -17,7 +17,7 @@ from cejobs.threads import BOUNDED_WAIT, UNKNOWN_RUNTIME_WAIT, WAIT_VARIABLES, o
 from tests.conftest import REPO
 
 DEFAULT = "=".join(BOUNDED_WAIT.get(openmp_runtime() or "", UNKNOWN_RUNTIME_WAIT))
-REPORTED = re.compile(r"thread\(s\), OpenMP ([^)\s]+)")
+REPORTED = re.compile(r"thread\(s\), OpenMP ([^)\s,]+)")
 
 
 def tiny_run(model: Path, store: Path, *backend: str, env: dict[str, str] | None = None,

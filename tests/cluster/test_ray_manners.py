@@ -25,7 +25,8 @@ def test_workers_keep_the_drivers_niceness_and_ray_says_nothing_about_tokens(tin
                  "--progress", nice=7)
     assert r.returncode == 0, r.stderr
     ready = [line for line in r.stderr.splitlines() if "ray: worker 0 ready on" in line]
-    assert len(ready) == 1 and ready[0].endswith("1 thread(s), nice 7)"), r.stderr
+    assert len(ready) == 1 and "1 thread(s), OpenMP " in ready[0], r.stderr
+    assert ready[0].endswith(", nice 7)"), r.stderr
     assert "Token authentication" not in r.stderr + r.stdout
 
 
