@@ -79,7 +79,7 @@ def bench_generate(args) -> dict:
         dataset = load_dataset(config.dataset, config.data_root, config.split)
         plan = make_plan(config, len(dataset), dataset.num_classes)
         method = METHODS[config.method]
-        ckpt = method.load_network(config)
+        ckpt = method.load_network(config, dataset.image_shape, dataset.num_classes)
         maker = CEMaker(CEParams.from_config(config), ckpt.model, ckpt.meta, device)
         targets = torch.as_tensor(plan.targets())
         replicates = torch.as_tensor(plan.replicates())
