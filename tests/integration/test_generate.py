@@ -101,7 +101,7 @@ def test_store_docs_examples_run(reference, tmp_path):
     (tmp_path / "runs").mkdir()
     os.symlink(reference, tmp_path / "runs" / "digits-boltzmann.zarr")
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs/store.md").read_text(), re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4  # zarr, xarray, pandas, CEDataset
     for block in blocks:
         r = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True,
                            text=True)
