@@ -40,7 +40,7 @@ def bench_scaling(args) -> dict:
     """
     from cejobs.jobs.config import REPO_DATA
     from cejobs.models.checkpoint import save_checkpoint
-    from cejobs.status import store_status
+    from cejobs.drivers.status import store_status
     from cejobs.store.store import CEStore
 
     out = {}

@@ -165,7 +165,7 @@ def bench_scale(args) -> dict:
     from cejobs.store.store import CEStore
     from cejobs.jobs.kinds import KINDS
     from cejobs.jobs.tasks import ShardTask
-    from cejobs.status import store_status
+    from cejobs.drivers.status import store_status
 
     n = args.shards  # one source per shard: the object count is what is measured
     layout = Layout(n, 2, 2, (1, 2, 2), 1)
